@@ -1,0 +1,76 @@
+"""Batches of (input ids, target ids) as keras.utils.PyDataset: numpy only, so any Keras backend can use them.
+
+Two layouts:
+- windows (the notebook): the text cut into seq_length + 1 character windows, shuffled, batched. Each epoch
+  starts the cut at a different offset, so no window boundary is seen twice in the same place.
+- streams (--stateful): the text split into batch_size contiguous streams; batch i holds the i-th
+  seq_length slice of every stream, so the LSTM state left by batch i is the right start for batch i + 1.
+
+Every random choice is a pure function of (seed, epoch): a resumed run sees exactly the batches that an
+uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+from training.corpus import CorpusError
+
+
+class CharBatches(keras.utils.PyDataset):
+    def __init__(self, ids: np.ndarray, batch_size: int, seq_length: int, stateful: bool,
+                 seed: int, shuffle: bool, name: str):
+        super().__init__()
+        self.ids, self.batch_size, self.seq_length = ids.astype(np.int32), batch_size, seq_length
+        self.stateful, self.seed, self.shuffle = stateful, seed, shuffle
+        self.epoch = 0
+        span = batch_size * (seq_length + 1)
+        if stateful:
+            self.stream_length = len(ids) // batch_size
+            # Room for the largest offset (seq_length - 1) plus one target character.
+            self.n_batches = (self.stream_length - seq_length) // seq_length if shuffle else \
+                (self.stream_length - 1) // seq_length
+        else:
+            windows = (len(ids) - seq_length) // (seq_length + 1) if shuffle else len(ids) // (seq_length + 1)
+            self.n_batches = windows // batch_size
+        if self.n_batches < 1:
+            raise CorpusError(
+                f"the {name} split has {len(ids):,} characters, too few for one batch of {batch_size} x "
+                f"{seq_length + 1} characters (needs about {span + seq_length:,}): use a longer text, a smaller "
+                f"--batch-size or --seq-length, or a larger --val-fraction")
+
+    def __len__(self) -> int:
+        return self.n_batches
+
+    def _rng(self) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.epoch])
+
+    def __getitem__(self, index: int):
+        n = self.seq_length
+        if self.stateful:
+            offset = int(self._rng().integers(n)) if self.shuffle else 0
+            streams = self.ids[: self.stream_length * self.batch_size].reshape(self.batch_size, -1)
+            start = offset + index * n
+            chunk = streams[:, start: start + n + 1]
+        else:
+            rng = self._rng()
+            offset = int(rng.integers(n + 1)) if self.shuffle else 0
+            n_windows = self.n_batches * self.batch_size
+            order = rng.permutation(n_windows) if self.shuffle else np.arange(n_windows)
+            pick = order[index * self.batch_size: (index + 1) * self.batch_size]
+            starts = offset + pick * (n + 1)
+            chunk = self.ids[starts[:, None] + np.arange(n + 1)]
+        return chunk[:, :-1], chunk[:, 1:]
+
+
+class SetEpoch(keras.callbacks.Callback):
+    """Tells the datasets which epoch is starting, so their shuffling depends on (seed, epoch) only."""
+
+    def __init__(self, *datasets: CharBatches):
+        super().__init__()
+        self.datasets = datasets
+
+    def on_epoch_begin(self, epoch, logs=None):
+        for d in self.datasets:
+            d.epoch = epoch

@@ -1,0 +1,104 @@
+"""The network: Embedding -> LSTM x layers (dropout between) -> Dense logits, in backend-agnostic Keras 3.
+
+Also the weights as plain numpy arrays and a numpy LSTM step on them, for the samples printed during training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+
+from training.config import ModelConfig
+
+
+def build_model(mc: ModelConfig, batch_size: int | None = None, stateful: bool = False) -> keras.Model:
+    """A sequence model: ids [batch, time] -> logits [batch, time, vocab].
+
+    stateful=True keeps each LSTM's last state between calls (truncated BPTT across consecutive batches);
+    Keras then needs a fixed batch size.
+    """
+    inputs = keras.Input(batch_shape=(batch_size, None), dtype="int32", name="ids")
+    x = keras.layers.Embedding(mc.vocab_size, mc.embedding_dim, name="embedding")(inputs)
+    for i in range(mc.layers):
+        x = keras.layers.LSTM(mc.units, return_sequences=True, stateful=stateful, name=f"lstm_{i}")(x)
+        if mc.dropout > 0:
+            x = keras.layers.Dropout(mc.dropout, name=f"dropout_{i}")(x)
+    logits = keras.layers.Dense(mc.vocab_size, name="logits")(x)
+    return keras.Model(inputs, logits, name="charlstm")
+
+
+def reset_states(model: keras.Model) -> None:
+    for layer in model.layers:
+        if getattr(layer, "stateful", False):
+            layer.reset_state()
+
+
+@dataclass
+class Weights:
+    """The trained numbers, framework-free. Keras' gate order is i, f, c (candidate), o."""
+
+    embedding: np.ndarray  # [vocab, embedding_dim]
+    kernels: list[np.ndarray]  # per layer [input_width, 4 * units]
+    recurrent_kernels: list[np.ndarray]  # per layer [units, 4 * units]
+    biases: list[np.ndarray]  # per layer [4 * units]
+    dense_kernel: np.ndarray  # [units, vocab]
+    dense_bias: np.ndarray  # [vocab]
+
+    @property
+    def layers(self) -> int:
+        return len(self.kernels)
+
+    @property
+    def units(self) -> int:
+        return self.recurrent_kernels[0].shape[0]
+
+
+def get_weights(model: keras.Model) -> Weights:
+    lstms = [layer for layer in model.layers if isinstance(layer, keras.layers.LSTM)]
+    f32 = lambda v: np.asarray(keras.ops.convert_to_numpy(v), dtype=np.float32)  # noqa: E731
+    return Weights(
+        embedding=f32(model.get_layer("embedding").embeddings),
+        kernels=[f32(layer.cell.kernel) for layer in lstms],
+        recurrent_kernels=[f32(layer.cell.recurrent_kernel) for layer in lstms],
+        biases=[f32(layer.cell.bias) for layer in lstms],
+        dense_kernel=f32(model.get_layer("logits").kernel),
+        dense_bias=f32(model.get_layer("logits").bias),
+    )
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (np.tanh(0.5 * x) + 1.0)  # overflow-free
+
+
+def numpy_step(w: Weights, token: np.ndarray, h: np.ndarray, c: np.ndarray):
+    """One character for a batch: token [batch], h and c [layers, batch, units] -> logits, h, c."""
+    x = w.embedding[token]
+    h_out, c_out = np.empty_like(h), np.empty_like(c)
+    for i in range(w.layers):
+        z = x @ w.kernels[i] + h[i] @ w.recurrent_kernels[i] + w.biases[i]
+        zi, zf, zc, zo = np.split(z, 4, axis=-1)
+        c_out[i] = _sigmoid(zf) * c[i] + _sigmoid(zi) * np.tanh(zc)
+        h_out[i] = _sigmoid(zo) * np.tanh(c_out[i])
+        x = h_out[i]
+    return x @ w.dense_kernel + w.dense_bias, h_out, c_out
+
+
+def sample_text(w: Weights, vocab: list[str], prompt: str, length: int, temperature: float,
+                rng: np.random.Generator) -> str:
+    """char-rnn's progress sample: prime the state on the prompt, then draw `length` characters."""
+    stoi = {ch: i for i, ch in enumerate(vocab)}
+    ids = [stoi[ch] for ch in prompt if ch in stoi] or [0]
+    h = np.zeros((w.layers, 1, w.units), np.float32)
+    c = np.zeros_like(h)
+    for t in ids:
+        logits, h, c = numpy_step(w, np.array([t]), h, c)
+    out = []
+    for _ in range(length):
+        z = logits[0].astype(np.float64) / temperature
+        p = np.exp(z - z.max())
+        t = int(rng.choice(len(p), p=p / p.sum()))
+        out.append(vocab[t])
+        logits, h, c = numpy_step(w, np.array([t]), h, c)
+    return "".join(out)

@@ -1,0 +1,103 @@
+"""The run folder: everything a later step needs, written so that a kill at any moment leaves it readable.
+
+    RUN_DIR/
+      config.json            model shape, training settings, corpus path and sha256, package versions
+      vocab.json             characters in id order
+      history.csv            epoch, train and validation loss (nats and bits per character), seconds
+      checkpoints/epoch-NNN.weights.h5   one per epoch
+      checkpoints/best.weights.h5        lowest validation loss so far
+      resume/epoch-NNN.keras + .json     model with optimizer state, and the loop's own state (latest only)
+      tensorboard/           TensorBoard logs (TensorFlow backend)
+
+Every file is written to a temporary name in the same folder, then renamed: readers see the old file or the
+new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import re
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+LN2 = math.log(2.0)
+HISTORY_FIELDS = ["epoch", "train_loss", "train_bits", "val_loss", "val_bits", "seconds"]
+
+
+@contextmanager
+def atomic_path(path: Path, suffix: str = ""):
+    """Yield a temporary path beside `path` (same suffix, so Keras accepts it); rename it into place on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.stem}-", suffix=suffix or "".join(path.suffixes),
+                               dir=path.parent)
+    os.close(fd)
+    os.unlink(tmp)  # some writers (h5py, zip) refuse an existing file
+    try:
+        yield Path(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: Path, data) -> None:
+    write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def read_json(path: Path):
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def write_history(path: Path, rows: list[dict]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=HISTORY_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: row[k] for k in HISTORY_FIELDS})
+    write_text(path, buf.getvalue())
+
+
+def read_history(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def epoch_checkpoint(run_dir: Path, epoch: int) -> Path:
+    return Path(run_dir) / "checkpoints" / f"epoch-{epoch:03d}.weights.h5"
+
+
+def best_checkpoint(run_dir: Path) -> Path:
+    return Path(run_dir) / "checkpoints" / "best.weights.h5"
+
+
+def latest_resume(run_dir: Path) -> tuple[Path, dict] | None:
+    """The newest complete resume point: its .keras file and loop state, or None if there is none."""
+    folder = Path(run_dir) / "resume"
+    points = []
+    for p in folder.glob("epoch-*.json") if folder.is_dir() else []:
+        m = re.fullmatch(r"epoch-(\d+)\.json", p.name)
+        if m and p.with_suffix(".keras").exists():
+            points.append((int(m.group(1)), p))
+    if not points:
+        return None
+    _, state_path = max(points)
+    return state_path.with_suffix(".keras"), read_json(state_path)
+
+
+def prune_resume(run_dir: Path, keep_epoch: int) -> None:
+    for p in (Path(run_dir) / "resume").glob("epoch-*"):
+        if not p.name.startswith(f"epoch-{keep_epoch:03d}."):
+            p.unlink(missing_ok=True)
