@@ -33,6 +33,8 @@ def train(
     layers: Annotated[Optional[int], typer.Option(help="Number of stacked LSTM layers.")] = None,
     dropout: Annotated[Optional[float], typer.Option(help="Dropout after each LSTM layer, in [0, 1).")] = None,
     learning_rate: Annotated[Optional[float], typer.Option(help="Adam learning rate.")] = None,
+    lr_decay: Annotated[Optional[float], typer.Option(help="Multiply the learning rate by this every epoch after --lr-decay-after; 1 = constant.")] = None,
+    lr_decay_after: Annotated[Optional[int], typer.Option(help="Epochs at the full learning rate before --lr-decay starts.")] = None,
     clip_norm: Annotated[Optional[float], typer.Option(help="Clip the global gradient norm to this; 0 = off.")] = None,
     val_fraction: Annotated[Optional[float], typer.Option(help="Last fraction of the text held out for validation.")] = None,
     patience: Annotated[Optional[int], typer.Option(help="Stop after this many epochs without a better validation loss; 0 = off.")] = None,
@@ -53,7 +55,7 @@ def train(
 
         given = {k: v for k, v in dict(
             epochs=epochs, batch_size=batch_size, seq_length=seq_length, embedding_dim=embedding_dim,
-            units=units, layers=layers, dropout=dropout, learning_rate=learning_rate, clip_norm=clip_norm,
+            units=units, layers=layers, dropout=dropout, learning_rate=learning_rate, lr_decay=lr_decay, lr_decay_after=lr_decay_after, clip_norm=clip_norm,
             val_fraction=val_fraction, patience=patience, seed=seed, stateful=stateful,
             sample_every=sample_every).items() if v is not None}
         if resume:

@@ -44,6 +44,8 @@ class TrainConfig:
     seq_length: int = 100  # the notebook's 100-character inputs (101-character windows)
     learning_rate: float = 1e-3  # Adam's default, as the notebook
     clip_norm: float = 0.0  # 0 = no clipping (the notebook did none)
+    lr_decay: float = 1.0  # learning rate x lr_decay each epoch after lr_decay_after (char-rnn: 0.97 after 10)
+    lr_decay_after: int = 10  # epochs at the full learning rate before the decay starts
     val_fraction: float = 0.1  # the last 10% of the text, as nanoGPT splits
     patience: int = 0  # 0 = no early stopping; the best checkpoint is kept either way
     seed: int = 1337  # fixed so runs and resumes are reproducible
@@ -58,6 +60,8 @@ class TrainConfig:
         _check(self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}")
         _check(self.seq_length >= 1, f"--seq-length must be at least 1, got {self.seq_length}")
         _check(self.learning_rate > 0, f"--learning-rate must be positive, got {self.learning_rate}")
+        _check(0.0 < self.lr_decay <= 1.0, f"--lr-decay must be in (0, 1], got {self.lr_decay}")
+        _check(self.lr_decay_after >= 0, f"--lr-decay-after must be 0 or more, got {self.lr_decay_after}")
         _check(self.clip_norm >= 0, f"--clip-norm must be 0 (off) or positive, got {self.clip_norm}")
         _check(0.0 < self.val_fraction < 1.0, f"--val-fraction must be in (0, 1), got {self.val_fraction}")
         _check(self.patience >= 0, f"--patience must be 0 (off) or positive, got {self.patience}")

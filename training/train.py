@@ -189,6 +189,9 @@ def train(text_path: str | Path | None, run_dir: str | Path, mc_options: dict | 
         f"({len(train_ds)} batches of {tc.batch_size} x {tc.seq_length}), validating on {len(val_ds.ids):,}; "
         f"epochs {initial_epoch + 1}..{tc.epochs}, backend {keras.backend.backend()}")
     callbacks = [SetEpoch(train_ds, val_ds), RunWriter(run_dir, tc, vocab, history, log)]
+    if tc.lr_decay < 1.0:  # a pure function of the epoch, so a resumed run follows the same schedule
+        callbacks.insert(0, keras.callbacks.LearningRateScheduler(
+            lambda epoch: tc.learning_rate * tc.lr_decay ** max(0, epoch - tc.lr_decay_after)))
     if keras.backend.backend() == "tensorflow" and _has("tensorboard"):
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard"), write_graph=False))
     with contextlib.redirect_stdout(sys.stderr):  # Keras' progress bar goes to stderr, like all progress
