@@ -1,0 +1,132 @@
+"""Picking the next character from logits: small pure numpy functions on [batch, vocab] arrays.
+
+As in keras-hub, the temperature is applied once (`softmax(logits / temperature)`), then a strategy only picks:
+greedy (temperature 0), top-k, top-p (nucleus), or a plain draw. Randomness comes in as explicit uniforms, so
+every function here is pure; `row_generators` makes one numpy Generator per batch row from --seed, so a row's
+text depends only on the seed and its row index, not on how many rows run beside it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from runtime.errors import InputError
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How the next character is chosen. Checked on construction: a bad value raises InputError."""
+
+    temperature: float = 0.5  # below 1 sharpens the distribution: fewer misspellings, less variety; 0 is greedy
+    top_k: int | None = None  # None keeps every character; k keeps the k likeliest
+    top_p: float | None = None  # None keeps every character; p keeps the smallest set holding probability p
+
+    def __post_init__(self):
+        t = self.temperature
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
+            raise InputError(f"--temperature {t!r} is not a finite number >= 0: use e.g. 0.5 "
+                             "(0 always picks the likeliest character, 1 samples the model as trained)")
+        k = self.top_k
+        if k is not None and (isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1):
+            raise InputError(f"--top-k {k!r} is not an integer >= 1: use e.g. 5, "
+                             "or leave it out to keep all characters")
+        p = self.top_p
+        if p is not None and (isinstance(p, bool) or not isinstance(p, (int, float)) or not (0 < p <= 1)):
+            raise InputError(f"--top-p {p!r} is outside (0, 1]: use e.g. 0.9, or leave it out to keep all characters")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Probabilities of softmax(logits / temperature) per row, in float64 (temperature > 0)."""
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    z -= z.max(axis=-1, keepdims=True)  # exp of the largest is 1: no overflow at small temperatures
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """log softmax(logits) per row, in float64; used to score text (cross-entropy)."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+def greedy(logits: np.ndarray) -> np.ndarray:
+    """The likeliest id per row (ties go to the lowest id)."""
+    return np.argmax(logits, axis=-1).astype(np.int64)
+
+
+def top_k_filter(probs: np.ndarray, k: int) -> np.ndarray:
+    """Zero all but the k largest probabilities per row and renormalise (ties at the cut may keep a few more)."""
+    if k >= probs.shape[-1]:
+        return probs
+    kth = np.partition(probs, -k, axis=-1)[:, -k][:, None]
+    kept = np.where(probs >= kth, probs, 0.0)
+    return kept / kept.sum(axis=-1, keepdims=True)
+
+
+def top_p_filter(probs: np.ndarray, p: float) -> np.ndarray:
+    """Keep the smallest set of likeliest ids per row whose probability reaches p, renormalised."""
+    order = np.argsort(-probs, axis=-1, kind="stable")
+    sorted_p = np.take_along_axis(probs, order, axis=-1)
+    before = np.cumsum(sorted_p, axis=-1) - sorted_p  # probability of the ids ranked above this one
+    keep_sorted = before < p  # the first id always stays: before == 0 < p
+    keep = np.zeros_like(keep_sorted)
+    np.put_along_axis(keep, order, keep_sorted, axis=-1)
+    kept = np.where(keep, probs, 0.0)
+    return kept / kept.sum(axis=-1, keepdims=True)
+
+
+def draw(probs: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Inverse-CDF draw per row: the first id whose cumulative probability reaches u (u in (0, 1], shape [batch])."""
+    cdf = np.cumsum(probs, axis=-1)
+    target = np.asarray(u, dtype=np.float64)[:, None] * cdf[:, -1:]  # scaled by the total: rounding-proof
+    ids = (cdf < target).sum(axis=-1)
+    return np.minimum(ids, probs.shape[-1] - 1).astype(np.int64)
+
+
+def gumbel_max(logits: np.ndarray, temperature: float, u: np.ndarray) -> np.ndarray:
+    """argmax(logits / T + g) with g = -log(-log(u)): exactly a draw from softmax(logits / T).
+
+    u holds uniforms in (0, 1), shape [batch, vocab]. Needs no cumulative sum or sort, only an elementwise
+    op and an argmax, which is why it suits sampling on the GPU. Temperature 0 is greedy.
+    """
+    if temperature == 0:
+        return greedy(logits)
+    u = np.clip(np.asarray(u, dtype=np.float64), np.finfo(np.float64).tiny, 1 - 2**-53)  # keep log finite
+    g = -np.log(-np.log(u))
+    return np.argmax(np.asarray(logits, dtype=np.float64) / temperature + g, axis=-1).astype(np.int64)
+
+
+def row_generators(seed: int | None, rows: int) -> list[np.random.Generator]:
+    """One numpy Generator per batch row: row i of a batch draws what row i would draw alone (same seed).
+
+    seed None draws fresh entropy, so every run differs.
+    """
+    children = np.random.SeedSequence(seed).spawn(rows)
+    return [np.random.default_rng(child) for child in children]
+
+
+def uniforms(rngs: list[np.random.Generator], vocab: int | None = None) -> np.ndarray:
+    """One uniform in (0, 1] per row ([batch]), or `vocab` per row ([batch, vocab]) for gumbel_max."""
+    if vocab is None:
+        return np.array([1.0 - r.random() for r in rngs])  # random() is in [0, 1): flip to exclude 0
+    return np.stack([1.0 - r.random(vocab) for r in rngs])
+
+
+def next_ids(logits: np.ndarray, params: SamplingParams, rngs: list[np.random.Generator]) -> np.ndarray:
+    """The sampler: temperature once, then top-k, then top-p, then a draw. Returns int64 ids, shape [batch]."""
+    if params.greedy:
+        return greedy(logits)
+    probs = softmax(logits, params.temperature)
+    if params.top_k is not None:
+        probs = top_k_filter(probs, int(params.top_k))
+    if params.top_p is not None:
+        probs = top_p_filter(probs, float(params.top_p))
+    return draw(probs, uniforms(rngs))

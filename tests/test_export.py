@@ -1,0 +1,159 @@
+"""charlstm export: the graph contract, parity with Keras, batches, int8, the notebook import, and each error."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.conftest import ROOT, run_cli
+
+pytest.importorskip("tf2onnx", reason="the `export` extra is not installed")
+
+import onnx  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+
+from export.export import load_run  # noqa: E402
+from export.verify import ort_steps  # noqa: E402
+
+
+def _session(model_dir, name="model.onnx"):
+    return ort.InferenceSession(str(model_dir / name), providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("fixture", ["tiny_model", "tiny_model2"])
+def test_graph_contract(request, fixture):
+    model_dir = request.getfixturevalue(fixture)
+    manifest = json.loads((model_dir / "model.json").read_text())
+    layers, units, vocab = (manifest["model"][k] for k in ("layers", "units", "vocab_size"))
+    g = onnx.load(model_dir / "model.onnx").graph
+    inputs = {i.name: i.type.tensor_type for i in g.input}
+    outputs = [o.name for o in g.output]
+    assert list(inputs) == ["token", "h", "c"] and outputs == ["logits", "h_out", "c_out"]
+    assert inputs["token"].elem_type == onnx.TensorProto.INT64
+    assert inputs["h"].elem_type == inputs["c"].elem_type == onnx.TensorProto.FLOAT
+    dims = lambda t: [d.dim_param or d.dim_value for d in t.shape.dim]  # noqa: E731
+    assert dims(inputs["token"]) == ["batch"] and dims(inputs["h"]) == [layers, "batch", units]
+    assert not {n.op_type for n in g.node} & {"Loop", "Scan", "If"}
+    logits, h, c = _session(model_dir).run(None, {"token": np.array([0, 1, 2]),
+                                                  "h": np.zeros((layers, 3, units), np.float32),
+                                                  "c": np.zeros((layers, 3, units), np.float32)})
+    assert logits.shape == (3, vocab) and h.shape == c.shape == (layers, 3, units)
+    assert len(manifest["vocab"]) == vocab and manifest["files"]["model.onnx"]["sha256"]
+
+
+@pytest.mark.parametrize("run_fixture, model_fixture", [("tiny_run", "tiny_model"), ("tiny_run2", "tiny_model2")])
+def test_parity_with_keras(request, run_fixture, model_fixture):
+    run_dir, model_dir = request.getfixturevalue(run_fixture), request.getfixturevalue(model_fixture)
+    model, mc, vocab, cfg, _ = load_run(run_dir, "best")
+    ids = np.random.default_rng(1).integers(0, len(vocab), (1, 300))
+    ref = np.asarray(model(ids.astype(np.int32), training=False))[0]
+    got = ort_steps(_session(model_dir), ids, mc.layers, mc.units)[:, 0]
+    assert np.abs(ref - got).max() <= 1e-4
+    parity = json.loads((model_dir / "model.json").read_text())["export"]["parity"]
+    assert parity["max_abs_logit_diff"] <= 1e-4 and parity["greedy_match"] and parity["steps"] >= 200
+
+
+def test_batch_equals_single_runs(tiny_model2):
+    manifest = json.loads((tiny_model2 / "model.json").read_text())
+    layers, units, vocab = (manifest["model"][k] for k in ("layers", "units", "vocab_size"))
+    ids = np.random.default_rng(2).integers(0, vocab, (4, 50))
+    session = _session(tiny_model2)
+    batch = ort_steps(session, ids, layers, units)
+    for row in range(4):
+        single = ort_steps(session, ids[row:row + 1], layers, units)[:, 0]
+        assert np.abs(batch[:, row] - single).max() <= 1e-5
+
+
+def test_manifest_provenance(tiny_model2, tiny_run2):
+    m = json.loads((tiny_model2 / "model.json").read_text())
+    assert m["format"] == "charlstm-model" and m["format_version"] == 1
+    assert m["sampling"] == {"temperature": 0.5, "length": 500}
+    assert m["provenance"]["epoch"] in (1, 2) and m["provenance"]["val_loss"] > 0
+    assert m["provenance"]["run_config"]["corpus"]["sha256"]
+    assert set(m["export"]["versions"]) >= {"tensorflow", "keras", "tf2onnx", "onnx"}
+
+
+def test_int8(tiny_model2):
+    m = json.loads((tiny_model2 / "model.json").read_text())
+    assert (tiny_model2 / "model.int8.onnx").is_file() and m["files"]["model.int8.onnx"]["sha256"]
+    ops = {n.op_type for n in onnx.load(tiny_model2 / "model.int8.onnx").graph.node}
+    assert "MatMulInteger" in ops and "Gemm" not in ops
+    q = m["export"]["int8"]
+    assert abs(q["val_loss_change"]) < 0.05 and q["val_loss_int8"] > 0
+
+
+def test_cli_export_and_refusals(tiny_run, tmp_path):
+    out = tmp_path / "m"
+    ok = run_cli("export", str(tiny_run), "--out", str(out), "--checkpoint", "last")
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert json.loads((out / "model.json").read_text())["provenance"]["epoch"] == 3
+    again = run_cli("export", str(tiny_run), "--out", str(out))
+    assert again.returncode == 2 and "--force" in again.stderr and "Traceback" not in again.stderr
+
+
+@pytest.mark.parametrize("checkpoint, message", [
+    ("newest", "unknown checkpoint 'newest'"),
+    ("missing.weights.h5", "checkpoint not found"),
+])
+def test_bad_checkpoint_names(tiny_run, tmp_path, checkpoint, message):
+    from charlstm.errors import UserError
+    with pytest.raises(UserError, match=message):
+        load_run(tiny_run, checkpoint)
+
+
+def test_truncated_checkpoint_and_wrong_shapes(tiny_run, tmp_path):
+    from charlstm.errors import UserError
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run, run_dir)
+    best = run_dir / "checkpoints" / "best.weights.h5"
+    best.write_bytes(best.read_bytes()[: best.stat().st_size // 2])
+    with pytest.raises(UserError, match="cannot be loaded"):
+        load_run(run_dir, "best")
+    cfg = json.loads((run_dir / "config.json").read_text())
+    cfg["model"]["units"] = 48
+    (run_dir / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(UserError, match="cannot be loaded"):
+        load_run(run_dir, "last")
+
+
+def test_failed_export_leaves_nothing(tiny_run, tmp_path, monkeypatch):
+    from export import verify
+    from export.export import export_model, parity_ids
+    model, mc, vocab, cfg, source = load_run(tiny_run, "best")
+    monkeypatch.setattr(verify, "TOLERANCE", -1.0)  # no difference can pass: the check must fail
+    with pytest.raises(verify.ParityError):
+        export_model(model, mc, vocab, tmp_path / "m", provenance=source, parity_text=parity_ids(cfg, vocab))
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_notebook_checkpoint_import(tmp_path, corpus_path):
+    """The notebook's own code under tf-keras writes the checkpoint; the export matches its logits."""
+    pytest.importorskip("tf_keras", reason="tf-keras (the `test` extra) runs the notebook's tf.keras 2 code")
+    text = corpus_path.read_text(encoding="utf-8").replace("\n", "\r\n", 50)  # the notebook kept \r
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_bytes(text.encode("utf-8"))
+    made = subprocess.run([sys.executable, str(ROOT / "tests" / "notebook_reference.py"), str(corpus), str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert made.returncode == 0, made.stderr[-3000:]
+    result = run_cli("export", "--from-notebook", str(tmp_path / "training_checkpoints"), "--corpus", str(corpus),
+                     "--out", str(tmp_path / "model"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest = json.loads((tmp_path / "model" / "model.json").read_text())
+    assert "\r" in manifest["vocab"] and manifest["provenance"]["epoch"] == 2
+    ids = np.array([manifest["vocab"].index(ch) for ch in text[-256:]])[None, :]
+    got = ort_steps(_session(tmp_path / "model"), ids, 1, manifest["model"]["units"])[:, 0]
+    assert np.abs(got - np.load(tmp_path / "reference_logits.npy")).max() <= 1e-4
+    bad = run_cli("export", "--from-notebook", str(tmp_path / "nothing"), "--corpus", str(corpus),
+                  "--out", str(tmp_path / "m2"))
+    assert bad.returncode == 2 and "checkpoint not found" in bad.stderr and "Traceback" not in bad.stderr
+    wrong = tmp_path / "other.txt"
+    wrong.write_text("abc" * 100)
+    bad = run_cli("export", "--from-notebook", str(tmp_path / "training_checkpoints"), "--corpus", str(wrong),
+                  "--out", str(tmp_path / "m3"))
+    assert bad.returncode == 2 and "vocabulary" in bad.stderr

@@ -1,0 +1,193 @@
+"""charlstm train: the run folder, resume (clean and after SIGKILL), corpus errors, the mirrored strategy."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from tests.conftest import ROOT, TINY, TINY_TRAIN, _train, run_cli
+
+pytest.importorskip("keras", reason="the `train` extra is not installed")
+
+from training import corpus, run  # noqa: E402
+from training.config import ConfigError  # noqa: E402
+
+
+def test_run_folder_describes_itself(tiny_run, corpus_path):
+    cfg = json.loads((tiny_run / "config.json").read_text())
+    assert cfg["format"] == "charlstm-run" and cfg["model"]["units"] == 32
+    assert cfg["corpus"]["sha256"] == corpus.sha256_file(corpus_path)
+    assert cfg["versions"]["keras"] and cfg["versions"]["tensorflow"]
+    vocab = json.loads((tiny_run / "vocab.json").read_text())
+    assert vocab == sorted(set(corpus_path.read_text()))
+    for epoch in (1, 2, 3):
+        assert run.epoch_checkpoint(tiny_run, epoch).is_file()
+    assert run.best_checkpoint(tiny_run).is_file()
+    assert sorted(p.name for p in (tiny_run / "resume").iterdir()) == ["epoch-003.json", "epoch-003.keras"]
+    assert list((tiny_run / "tensorboard").rglob("events.out.tfevents.*"))
+    assert not list(tiny_run.rglob(".tmp-*"))
+
+
+def test_validation_loss_falls(tiny_run):
+    history = run.read_history(tiny_run / "history.csv")
+    assert [r["epoch"] for r in history] == [1, 2, 3]
+    assert history[-1]["val_loss"] < history[0]["val_loss"] - 0.1
+    for r in history:
+        assert r["val_bits"] == pytest.approx(r["val_loss"] / np.log(2))
+
+
+def test_stateful_two_layer_run(tiny_run2):
+    cfg = json.loads((tiny_run2 / "config.json").read_text())
+    assert cfg["train"]["stateful"] and cfg["model"]["layers"] == 2
+    history = run.read_history(tiny_run2 / "history.csv")
+    assert len(history) == 2 and all(np.isfinite(r["val_loss"]) for r in history)
+
+
+def test_resume_equals_uninterrupted(tmp_path, corpus_path):
+    options = dict(units=16, layers=2, dropout=0.2, stateful=True, epochs=4)
+    full = run.read_history(_train(tmp_path / "full", corpus_path, **options) / "history.csv")
+    _train(tmp_path / "part", corpus_path, **{**options, "epochs": 2})
+    from training.train import train
+    train(None, tmp_path / "part", resume=True, epochs=4, verbose=0, log=lambda m: None)
+    part = run.read_history(tmp_path / "part" / "history.csv")
+    assert [r["epoch"] for r in part] == [1, 2, 3, 4]
+    for a, b in zip(full, part):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-4)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-4)
+
+
+def _checkpoints_readable(run_dir) -> int:
+    import keras
+    from training.config import ModelConfig, from_dict
+    from training.model import build_model
+    mc = from_dict(ModelConfig, json.loads((run_dir / "config.json").read_text())["model"])
+    files = sorted((run_dir / "checkpoints").glob("*.weights.h5"))
+    for f in files:
+        build_model(mc).load_weights(f)
+    for f in (run_dir / "resume").glob("*.keras"):
+        keras.models.load_model(f)
+    return len(files)
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_then_resume(tmp_path, corpus_path):
+    """Kill `charlstm train` with SIGKILL at random moments, several times; it always resumes, never corrupt."""
+    args = ["train", "--text", str(corpus_path), "--out", str(tmp_path / "run"), "--units", "16", "--layers", "1",
+            "--embedding-dim", "8", "--batch-size", "8", "--seq-length", "32", "--epochs", "6", "--stateless",
+            "--dropout", "0", "--learning-rate", "0.01", "--sample-every", "0", "--seed", "7", "--quiet"]
+    rng = np.random.default_rng(0)
+    kills = 0
+    for attempt in range(8):
+        resume = ["--resume"] if (tmp_path / "run" / "config.json").exists() else []
+        cmd = args if not resume else ["train", "--out", str(tmp_path / "run"), "--resume", "--quiet"]
+        proc = subprocess.Popen([sys.executable, "-m", "charlstm.cli", *cmd], cwd=ROOT,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        if kills < 3:
+            time.sleep(float(rng.uniform(4.0, 9.0)))  # start-up takes about 4 s; epochs then last about 0.5 s
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                kills += 1
+            proc.wait()
+            if (tmp_path / "run" / "checkpoints").exists():
+                _checkpoints_readable(tmp_path / "run")
+            continue
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-2000:]
+        break
+    assert kills >= 1
+    history = run.read_history(tmp_path / "run" / "history.csv")
+    assert [r["epoch"] for r in history] == [1, 2, 3, 4, 5, 6]
+    assert _checkpoints_readable(tmp_path / "run") == 7  # six epochs and the best
+    out = args.index("--out") + 1
+    result = run_cli(*args[:out], str(tmp_path / "straight"), *args[out + 1:])
+    assert result.returncode == 0, result.stderr[-2000:]
+    straight = run.read_history(tmp_path / "straight" / "history.csv")
+    for a, b in zip(straight, history):
+        assert a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-4)
+
+
+def test_read_text_normalises(tmp_path):
+    p = tmp_path / "t.txt"
+    p.write_bytes("\ufeffa\r\nb\r\n".encode("utf-8"))
+    assert corpus.read_text(p) == "a\nb\n"
+    assert corpus.read_text(p, keep_newlines=True) == "a\r\nb\r\n"
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "text file not found"),
+    (b"", "is empty"),
+    (b"abc\xff\xfedef", "byte offset 3"),
+    (b"short text", "too few for one batch"),
+])
+def test_bad_corpus_one_line_error(tmp_path, content, message):
+    path = tmp_path / "corpus.txt"
+    if content is not None:
+        path.write_bytes(content)
+    result = run_cli("train", "--text", str(path), "--out", str(tmp_path / "run"), "--epochs", "1")
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert [l for l in result.stderr.splitlines() if l.startswith("error:")] == \
+        [l for l in result.stderr.splitlines() if message in l]
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("units", 0, "--units must be at least 1, got 0"),
+    ("dropout", 1.0, "--dropout must be in [0, 1), got 1.0"),
+    ("learning_rate", -1.0, "--learning-rate must be positive, got -1.0"),
+    ("val_fraction", 1.5, "--val-fraction must be in (0, 1), got 1.5"),
+    ("batch_size", 0, "--batch-size must be at least 1, got 0"),
+])
+def test_bad_option_values(tmp_path, corpus_path, key, value, message):
+    from training.config import TrainConfig, split_options
+    from training.train import train
+    model_options, train_options = split_options({**TINY, **TINY_TRAIN, key: value})
+    with pytest.raises(ConfigError) as e:
+        train(corpus_path, tmp_path / "run", model_options, TrainConfig(**train_options), verbose=0)
+    assert str(e.value) == message
+
+
+def test_existing_run_folder_is_refused(tiny_run, corpus_path):
+    result = run_cli("train", "--text", str(corpus_path), "--out", str(tiny_run))
+    assert result.returncode == 2 and "--resume" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_train_without_tensorflow_names_the_extra(tmp_path):
+    code = textwrap.dedent("""
+        import sys
+        sys.modules["tensorflow"] = None  # as if the `train` extra were not installed
+        sys.argv = ["charlstm", "train", "--text", "x.txt", "--out", "r"]
+        from charlstm.cli import main
+        main()
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 2
+    assert "pip install 'charlstm[train]'" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_mirrored_strategy_on_two_logical_cpus(tmp_path, corpus_path):
+    code = textwrap.dedent(f"""
+        import tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        from training.config import TrainConfig
+        from training.train import train
+        s = train({str(corpus_path)!r}, {str(tmp_path / "run")!r}, dict(embedding_dim=8, units=16),
+                  TrainConfig(epochs=2, batch_size=8, seq_length=32, sample_every=0, strategy="mirrored"),
+                  verbose=0)
+        print("best", s["best_val_loss"])
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert cfg["replicas"] == 2 and cfg["train"]["strategy"] == "mirrored"
+    assert len(run.read_history(tmp_path / "run" / "history.csv")) == 2
