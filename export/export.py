@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime
 import hashlib
 import os
-import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -30,29 +29,6 @@ class ExportError(UserError):
     pass
 
 
-def resolve_checkpoint(run_dir: Path, checkpoint: str) -> tuple[Path, int | None]:
-    """best | last | a path -> (file, epoch or None)."""
-    history = run.read_history(run_dir / "history.csv") if (run_dir / "history.csv").exists() else []
-    if checkpoint == "best":
-        path = run.best_checkpoint(run_dir)
-        epoch = min(history, key=lambda r: r["val_loss"])["epoch"] if history else None
-    elif checkpoint == "last":
-        found = sorted((run_dir / "checkpoints").glob("epoch-*.weights.h5"))
-        if not found:
-            raise ExportError(f"no epoch checkpoint in {run_dir / 'checkpoints'}: train at least one epoch first")
-        path = found[-1]
-        epoch = int(re.search(r"epoch-(\d+)", path.name).group(1))
-    else:
-        path = Path(checkpoint)
-        if not path.is_file() and not checkpoint.endswith((".h5", ".keras")):
-            raise ExportError(f"unknown checkpoint {checkpoint!r}: use best, last, or the path of a .weights.h5 file")
-        m = re.search(r"epoch-(\d+)", path.name)
-        epoch = int(m.group(1)) if m else None
-    if not path.is_file():
-        raise ExportError(f"checkpoint not found: {path} (train the run further or pick another --checkpoint)")
-    return path, epoch
-
-
 def load_run(run_dir: Path, checkpoint: str):
     """The Keras model with the checkpoint's weights, its config and vocabulary."""
     cfg_path = run_dir / "config.json"
@@ -62,7 +38,7 @@ def load_run(run_dir: Path, checkpoint: str):
     mc, vocab = from_dict(ModelConfig, cfg["model"]), run.read_json(run_dir / "vocab.json")
     if mc.vocab_size != len(vocab):
         raise ExportError(f"{cfg_path} says vocab_size {mc.vocab_size} but vocab.json holds {len(vocab)} characters")
-    path, epoch = resolve_checkpoint(run_dir, checkpoint)
+    path, epoch = run.resolve_checkpoint(run_dir, checkpoint)
     model = build_model(mc)
     try:
         model.load_weights(path)

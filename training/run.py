@@ -25,6 +25,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from training.config import ConfigError
+
 LN2 = math.log(2.0)
 HISTORY_FIELDS = ["epoch", "train_loss", "train_bits", "val_loss", "val_bits", "seconds"]
 
@@ -101,3 +103,26 @@ def prune_resume(run_dir: Path, keep_epoch: int) -> None:
     for p in (Path(run_dir) / "resume").glob("epoch-*"):
         if not p.name.startswith(f"epoch-{keep_epoch:03d}."):
             p.unlink(missing_ok=True)
+
+
+def resolve_checkpoint(run_dir: Path, checkpoint: str) -> tuple[Path, int | None]:
+    """best | last | a path -> (file, epoch or None)."""
+    history = read_history(run_dir / "history.csv") if (run_dir / "history.csv").exists() else []
+    if checkpoint == "best":
+        path = best_checkpoint(run_dir)
+        epoch = min(history, key=lambda r: r["val_loss"])["epoch"] if history else None
+    elif checkpoint == "last":
+        found = sorted((run_dir / "checkpoints").glob("epoch-*.weights.h5"))
+        if not found:
+            raise ConfigError(f"no epoch checkpoint in {run_dir / 'checkpoints'}: train at least one epoch first")
+        path = found[-1]
+        epoch = int(re.search(r"epoch-(\d+)", path.name).group(1))
+    else:
+        path = Path(checkpoint)
+        if not path.is_file() and not checkpoint.endswith((".h5", ".keras")):
+            raise ConfigError(f"unknown checkpoint {checkpoint!r}: use best, last, or the path of a .weights.h5 file")
+        m = re.search(r"epoch-(\d+)", path.name)
+        epoch = int(m.group(1)) if m else None
+    if not path.is_file():
+        raise ConfigError(f"checkpoint not found: {path} (train the run further or pick another --checkpoint)")
+    return path, epoch

@@ -1,0 +1,47 @@
+"""Cross-entropy of a text under a run's Keras model, state carried across the whole text.
+
+The TensorFlow-side twin of runtime.evaluate.evaluate_text: the same characters scored the same way (read
+character t, score character t + 1, never reset), so the two figures must agree; they are the check that
+the exported model is the trained one.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from training import corpus, run
+from training.config import ConfigError, ModelConfig, from_dict
+from training.model import build_model, reset_states
+
+CHUNK = 1000  # characters per Keras call; the state is carried between calls
+
+
+def evaluate_run(run_dir: Path, text: str, checkpoint: str = "best", progress=None) -> dict:
+    cfg = run.read_json(Path(run_dir) / "config.json")
+    vocab = run.read_json(Path(run_dir) / "vocab.json")
+    mc = from_dict(ModelConfig, cfg["model"])
+    path, epoch = run.resolve_checkpoint(Path(run_dir), checkpoint)
+    model = build_model(mc, batch_size=1, stateful=True)
+    model.load_weights(path)
+    ids = corpus.encode(text, vocab)
+    if len(ids) < 2:
+        raise ConfigError(f"the text to evaluate has {len(ids)} character(s): it needs at least 2")
+    reset_states(model)
+    nll, start, n = 0.0, time.perf_counter(), len(ids) - 1
+    for lo in range(0, n, CHUNK):
+        x, y = ids[lo: min(lo + CHUNK, n)], ids[lo + 1: min(lo + CHUNK, n) + 1]
+        logits = keras.ops.convert_to_numpy(model(x[None, :], training=False))[0].astype(np.float64)
+        m = logits.max(-1, keepdims=True)
+        logp = logits - m - np.log(np.exp(logits - m).sum(-1, keepdims=True))
+        nll -= float(logp[np.arange(len(y)), y].sum())
+        if progress:
+            progress(lo + len(x), n)
+    nats = nll / n
+    return {"characters": n, "nats_per_char": nats, "bits_per_char": nats / math.log(2),
+            "perplexity": math.exp(nats), "seconds": time.perf_counter() - start, "checkpoint": str(path),
+            "epoch": epoch, "backend": keras.backend.backend()}
