@@ -38,9 +38,9 @@ def export(
                 raise UserError("pass a RUN_DIR (the --out of `charlstm train`) or --from-notebook CKPT")
             model, mc, vocab, cfg, source = load_run(run_dir, checkpoint)
             ids = parity_ids(cfg, vocab)
-            eval_text = _val_text(cfg) if int8 else None
+            eval_text = _val_text(cfg, required=int8)
         manifest = export_model(model, mc, vocab, out, name=name, provenance=source, parity_text=ids,
-                                force=force, int8=int8, int8_eval_text=eval_text, log=log)
+                                force=force, int8=int8, val_text=eval_text, log=log)
         if triton is not None:
             from export.triton import write_repository
             write_repository(out, triton, force=force)
@@ -50,11 +50,14 @@ def export(
                    err=True)
 
 
-def _val_text(cfg: dict) -> str:
+def _val_text(cfg: dict, required: bool) -> str | None:
+    """The run's held-out text, to score the export; None if the corpus is gone (an error for --int8)."""
     from training import corpus as corpus_lib
     from training.config import TrainConfig, from_dict
     path = Path(cfg["corpus"]["path"])
     if not path.is_file():
+        if not required:
+            return None
         raise UserError(f"--int8 measures validation loss on the training corpus, which is gone: {path}")
     tc = from_dict(TrainConfig, cfg["train"])
     text = corpus_lib.read_text(path, keep_newlines=tc.keep_newlines)

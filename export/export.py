@@ -49,7 +49,11 @@ def load_run(run_dir: Path, checkpoint: str):
     history = run.read_history(run_dir / "history.csv") if (run_dir / "history.csv").exists() else []
     row = next((r for r in history if r["epoch"] == epoch), None)
     source = {"run_dir": str(run_dir.resolve()), "checkpoint": str(path), "epoch": epoch,
-              "val_loss": row["val_loss"] if row else None, "run_config": cfg}
+              "val_loss": row["val_loss"] if row else None,  # as Keras measured it in training
+              "corpus_sha256": cfg.get("corpus", {}).get("sha256"),
+              "training": {"epochs": len(history), "seconds": round(sum(r["seconds"] for r in history), 1),
+                           "machine": cfg.get("machine")},
+              "run_config": cfg}
     return model, mc, vocab, cfg, source
 
 
@@ -81,8 +85,12 @@ def versions() -> dict:
 
 def export_model(model, mc: ModelConfig, vocab: list[str], out: Path, *, name: str | None = None,
                  provenance: dict, parity_text: np.ndarray, force: bool = False, int8: bool = False,
-                 int8_eval_text: str | None = None, log=lambda m: None) -> dict:
-    """Trace, verify and write a model folder atomically; returns the manifest."""
+                 val_text: str | None = None, log=lambda m: None) -> dict:
+    """Trace, verify and write a model folder atomically; returns the manifest.
+
+    val_text (the held-out text, when at hand) is scored through the runtime and stored in the manifest;
+    --int8 needs it to measure what quantization costs.
+    """
     out = Path(out)
     if out.exists() and not force:
         raise ExportError(f"output folder {out} already exists: pass --force to replace it, or another --out")
@@ -112,15 +120,31 @@ def export_model(model, mc: ModelConfig, vocab: list[str], out: Path, *, name: s
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; a model folder is as readable as any other
     try:
         (tmp / "model.onnx").write_bytes(data)
+        run.write_json(tmp / "model.json", manifest)  # the runtime reads a folder: score this one as it is
+        if val_text:
+            manifest["evaluation"] = evaluate(tmp, val_text, provenance, log)
         if int8:
             from export.int8 import quantize
             manifest["files"]["model.int8.onnx"], manifest["export"]["int8"] = quantize(
-                tmp, manifest, int8_eval_text, log)
+                tmp, manifest, val_text, log)
         run.write_json(tmp / "model.json", manifest)
         _replace_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return manifest
+
+
+def evaluate(folder: Path, val_text: str, provenance: dict, log) -> dict:
+    """Validation cross-entropy of the exported graph, state carried: the figure `charlstm evaluate` prints."""
+    from runtime.evaluate import evaluate_text
+    log(f"scoring {len(val_text):,} held-out characters through ONNX Runtime")
+    r = evaluate_text(folder, val_text, device="cpu", unknown="skip")
+    cfg = provenance.get("run_config", {})
+    log(f"validation: {r['nats_per_char']:.4f} nats/char ({r['bits_per_char']:.4f} bits/char)")
+    return {"corpus": Path(cfg.get("corpus", {}).get("path", provenance.get("corpus", ""))).name,
+            "corpus_sha256": cfg.get("corpus", {}).get("sha256", provenance.get("corpus_sha256")),
+            "split": "val", "val_fraction": cfg.get("train", {}).get("val_fraction", 0.1),
+            "characters": r["characters"], "nats_per_char": r["nats_per_char"], "bits_per_char": r["bits_per_char"]}
 
 
 def _replace_dir(new: Path, out: Path) -> None:

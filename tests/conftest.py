@@ -82,15 +82,16 @@ def _export(run_dir: Path, out: Path, **kwargs) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory, tiny_run) -> Path:
-    return _export(tiny_run, tmp_path_factory.mktemp("models") / "tiny")
+def tiny_model(tmp_path_factory, tiny_run, corpus_path) -> Path:
+    text = corpus_path.read_text(encoding="utf-8")
+    return _export(tiny_run, tmp_path_factory.mktemp("models") / "tiny", val_text=text[int(len(text) * 0.9):])
 
 
 @pytest.fixture(scope="session")
 def tiny_model2(tmp_path_factory, tiny_run2, corpus_path) -> Path:
     text = corpus_path.read_text(encoding="utf-8")
     return _export(tiny_run2, tmp_path_factory.mktemp("models") / "tiny2", int8=True,
-                   int8_eval_text=text[int(len(text) * 0.9):])
+                   val_text=text[int(len(text) * 0.9):])
 
 
 def run_cli(*args: str, env: dict | None = None, timeout: int = 300):

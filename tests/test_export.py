@@ -76,6 +76,11 @@ def test_manifest_provenance(tiny_model2, tiny_run2):
     assert m["provenance"]["epoch"] in (1, 2) and m["provenance"]["val_loss"] > 0
     assert m["provenance"]["run_config"]["corpus"]["sha256"]
     assert set(m["export"]["versions"]) >= {"tensorflow", "keras", "tf2onnx", "onnx"}
+    assert m["provenance"]["training"]["seconds"] > 0 and m["provenance"]["training"]["machine"]["cpus"] >= 1
+    e = m["evaluation"]
+    assert e["split"] == "val" and e["corpus"] == "tiny.txt" and e["characters"] > 1000
+    assert e["bits_per_char"] == pytest.approx(e["nats_per_char"] / np.log(2))
+    assert m["export"]["int8"]["val_loss_float32"] == e["nats_per_char"]
 
 
 def test_int8(tiny_model2):

@@ -36,6 +36,16 @@ def versions() -> dict:
     return out
 
 
+def machine() -> dict:
+    """Where the run trained, for the record (figures are only comparable on the same machine)."""
+    import os
+    gpus = []
+    with contextlib.suppress(Exception):
+        gpus = [str(d) for d in keras.distribution.list_devices("gpu")]
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(), "gpus": gpus}
+
+
 def _strategy(name: str):
     """A tf.distribute strategy scope, or a no-op one."""
     if name == "none":
@@ -179,7 +189,7 @@ def train(text_path: str | Path | None, run_dir: str | Path, mc_options: dict | 
             "corpus": {"path": str(Path(text_path).resolve()), "sha256": corpus.sha256_file(text_path),
                        "characters": len(text), "train_characters": len(train_ds.ids),
                        "val_characters": len(val_ds.ids)},
-            "versions": versions(), "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+            "versions": versions(), "machine": machine(), "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
         })
     initial_epoch = history[-1]["epoch"] if history else 0
     if initial_epoch >= tc.epochs:
