@@ -191,3 +191,24 @@ def test_mirrored_strategy_on_two_logical_cpus(tmp_path, corpus_path):
     cfg = json.loads((tmp_path / "run" / "config.json").read_text())
     assert cfg["replicas"] == 2 and cfg["train"]["strategy"] == "mirrored"
     assert len(run.read_history(tmp_path / "run" / "history.csv")) == 2
+
+
+@pytest.mark.slow
+def test_jax_backend_trains_resumes_and_exports(tmp_path, corpus_path):
+    """The training code is backend-agnostic Keras 3: the GPU machine trains with KERAS_BACKEND=jax."""
+    pytest.importorskip("jax", reason="JAX is not installed (pip install jax): the JAX-backend run is skipped")
+    args = ["train", "--text", str(corpus_path), "--units", "16", "--layers", "2", "--dropout", "0.1",
+            "--embedding-dim", "8", "--batch-size", "8", "--seq-length", "32", "--sample-every", "0", "--quiet"]
+    jax = {"KERAS_BACKEND": "jax"}
+    assert run_cli(*args, "--out", str(tmp_path / "straight"), "--epochs", "3", env=jax).returncode == 0
+    assert run_cli(*args, "--out", str(tmp_path / "part"), "--epochs", "2", env=jax).returncode == 0
+    resumed = run_cli("train", "--out", str(tmp_path / "part"), "--resume", "--epochs", "3", "--quiet", env=jax)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    cfg = json.loads((tmp_path / "part" / "config.json").read_text())
+    assert cfg["versions"]["backend"] == "jax"
+    for a, b in zip(run.read_history(tmp_path / "straight" / "history.csv"),
+                    run.read_history(tmp_path / "part" / "history.csv")):
+        assert a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-4)
+    if pytest.importorskip("tf2onnx"):
+        exported = run_cli("export", str(tmp_path / "part"), "--out", str(tmp_path / "model"))
+        assert exported.returncode == 0, exported.stderr[-2000:]
