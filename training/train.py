@@ -42,8 +42,11 @@ def machine() -> dict:
     gpus = []
     with contextlib.suppress(Exception):
         gpus = [str(d) for d in keras.distribution.list_devices("gpu")]
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(), "gpus": gpus}
+    processor = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):  # Linux names the CPU model; platform.processor() says only x86_64
+        names = [ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")]
+        processor = names[0] if names else processor
+    return {"platform": platform.platform(), "processor": processor, "cpus": os.cpu_count(), "gpus": gpus}
 
 
 def _strategy(name: str):
