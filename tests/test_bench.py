@@ -145,3 +145,11 @@ def test_ratios_on_fixed_rows():
     assert rows[1].vs_floor == 0.5 and rows[1].speedup_vs_notebook == 50.0 and rows[1].chars_per_s == 10_000
     assert rows[3].vs_floor is None and rows[4].vs_floor is None and rows[4].chars_per_s is None
     assert median([3.0, 1.0, 2.0]) == 2.0 and median([4.0, 1.0, 2.0, 3.0]) == 2.5
+
+
+def test_step_variants_script(model_dir):
+    p = subprocess.run([sys.executable, "-m", "benchmarks.step_variants", "--model", str(model_dir), "--steps", "5",
+                        "--repeats", "1"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.strip().splitlines()
+    assert len(lines) == 9 and any(line.startswith("MatMulNBits 4-bit") for line in lines)
