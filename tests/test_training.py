@@ -212,3 +212,12 @@ def test_jax_backend_trains_resumes_and_exports(tmp_path, corpus_path):
     if pytest.importorskip("tf2onnx"):
         exported = run_cli("export", str(tmp_path / "part"), "--out", str(tmp_path / "model"))
         assert exported.returncode == 0, exported.stderr[-2000:]
+
+
+def test_seed_preset_is_the_notebooks_recipe():
+    from training.config import PRESETS, ModelConfig, TrainConfig, split_options
+    model_options, train_options = split_options(PRESETS["seed"])
+    mc, tc = ModelConfig(vocab_size=92, **model_options), TrainConfig(**train_options)
+    assert (mc.embedding_dim, mc.units, mc.layers, mc.dropout) == (256, 1024, 1, 0.0)
+    assert (tc.epochs, tc.batch_size, tc.seq_length, tc.learning_rate, tc.clip_norm, tc.stateful) == \
+        (50, 64, 100, 1e-3, 0.0, False)
