@@ -137,33 +137,9 @@ def train(text_path: str | Path | None, run_dir: str | Path, mc_options: dict | 
           verbose: int = 1, log=lambda msg: print(msg, file=sys.stderr, flush=True)) -> dict:
     """Train (or resume) a run; returns a summary with the best epoch and validation loss."""
     run_dir = Path(run_dir)
-    if resume:
-        cfg_path = run_dir / "config.json"
-        if not cfg_path.is_file():
-            raise ConfigError(f"nothing to resume: {cfg_path} does not exist (start the run without --resume)")
-        cfg = run.read_json(cfg_path)
-        mc, tc = from_dict(ModelConfig, cfg["model"]), from_dict(TrainConfig, cfg["train"])
-        if epochs is not None:
-            tc = dataclasses.replace(tc, epochs=epochs)
-        text_path = Path(text_path or cfg["corpus"]["path"])
-        if corpus.sha256_file(text_path) != cfg["corpus"]["sha256"]:
-            raise ConfigError(f"{text_path} is not the text this run was trained on (sha256 differs from "
-                              f"{cfg_path}): pass the original file with --text")
-        vocab = run.read_json(run_dir / "vocab.json")
-    else:
-        if text_path is None:
-            raise ConfigError("--text is required: the UTF-8 file to train on")
-        if (run_dir / "config.json").exists():
-            raise ConfigError(f"run folder {run_dir} already holds a run: pass --resume to continue it, "
-                              f"or choose another --out")
-        tc = tc or TrainConfig()
-        vocab = None
-    tc.validate()
-    if tc.stateful and tc.strategy != "none":
-        raise ConfigError("--stateful cannot be combined with --strategy mirrored: drop one of them")
+    text_path, mc, tc, vocab = _settings(text_path, run_dir, mc_options, tc, resume, epochs)
     text, vocab, train_ds, val_ds = _prepare(Path(text_path), tc, vocab)
-    if not resume:
-        mc = ModelConfig(vocab_size=len(vocab), **(mc_options or {}))
+    mc = mc or ModelConfig(vocab_size=len(vocab), **(mc_options or {}))
     mc.validate()
 
     keras.utils.set_random_seed(tc.seed)
@@ -184,16 +160,7 @@ def train(text_path: str | Path | None, run_dir: str | Path, mc_options: dict | 
                 optimizer=keras.optimizers.Adam(tc.learning_rate, global_clipnorm=tc.clip_norm or None),
                 loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     if not resume:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        run.write_json(run_dir / "vocab.json", vocab)
-        run.write_json(run_dir / "config.json", {
-            "format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION,
-            "model": to_dict(mc), "train": to_dict(tc), "parameters": mc.parameters(), "replicas": replicas,
-            "corpus": {"path": str(Path(text_path).resolve()), "sha256": corpus.sha256_file(text_path),
-                       "characters": len(text), "train_characters": len(train_ds.ids),
-                       "val_characters": len(val_ds.ids)},
-            "versions": versions(), "machine": machine(), "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-        })
+        _write_run(run_dir, mc, tc, vocab, text, text_path, train_ds, val_ds, replicas)
     initial_epoch = history[-1]["epoch"] if history else 0
     if initial_epoch >= tc.epochs:
         log(f"run {run_dir} already has {initial_epoch} epochs (--epochs {tc.epochs}): nothing to do")
@@ -211,6 +178,48 @@ def train(text_path: str | Path | None, run_dir: str | Path, mc_options: dict | 
         model.fit(train_ds, validation_data=val_ds, epochs=tc.epochs, initial_epoch=initial_epoch,
                   callbacks=callbacks, verbose=verbose, shuffle=False)
     return _summary(run_dir, history)
+
+
+def _settings(text_path, run_dir: Path, mc_options, tc, resume: bool, epochs):
+    """(corpus path, model config or None for a new run, train config, vocabulary or None), validated."""
+    if resume:
+        cfg_path = run_dir / "config.json"
+        if not cfg_path.is_file():
+            raise ConfigError(f"nothing to resume: {cfg_path} does not exist (start the run without --resume)")
+        cfg = run.read_json(cfg_path)
+        mc, tc = from_dict(ModelConfig, cfg["model"]), from_dict(TrainConfig, cfg["train"])
+        if epochs is not None:
+            tc = dataclasses.replace(tc, epochs=epochs)
+        text_path = Path(text_path or cfg["corpus"]["path"])
+        if not text_path.is_file() or corpus.sha256_file(text_path) != cfg["corpus"]["sha256"]:
+            raise ConfigError(f"{text_path} is missing or not the text this run was trained on (sha256 differs "
+                              f"from {cfg_path}): pass the original file with --text")
+        vocab = run.read_json(run_dir / "vocab.json")
+    else:
+        if text_path is None:
+            raise ConfigError("--text is required: the UTF-8 file to train on")
+        if (run_dir / "config.json").exists():
+            raise ConfigError(f"run folder {run_dir} already holds a run: pass --resume to continue it, "
+                              f"or choose another --out")
+        mc, tc, vocab = None, tc or TrainConfig(), None
+    tc.validate()
+    if tc.stateful and tc.strategy != "none":
+        raise ConfigError("--stateful cannot be combined with --strategy mirrored: drop one of them")
+    return text_path, mc, tc, vocab
+
+
+def _write_run(run_dir: Path, mc, tc, vocab, text, text_path, train_ds, val_ds, replicas) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    run.write_json(run_dir / "vocab.json", vocab)
+    run.write_json(run_dir / "config.json", {
+        "format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION,
+        "model": to_dict(mc), "train": to_dict(tc), "parameters": mc.parameters(), "replicas": replicas,
+        "corpus": {"path": str(Path(text_path).resolve()), "sha256": corpus.sha256_file(text_path),
+                   "characters": len(text), "train_characters": len(train_ds.ids),
+                   "val_characters": len(val_ds.ids)},
+        "versions": versions(), "machine": machine(),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+    })
 
 
 def _has(module: str) -> bool:
