@@ -99,6 +99,13 @@ def latest_resume(run_dir: Path) -> tuple[Path, dict] | None:
     return state_path.with_suffix(".keras"), read_json(state_path)
 
 
+def remove_stale_temps(run_dir: Path) -> None:
+    """Half-written files a killed run left under temporary names: never read, removed when the run resumes."""
+    for folder in (Path(run_dir), Path(run_dir) / "checkpoints", Path(run_dir) / "resume"):
+        for p in folder.glob(".tmp-*") if folder.is_dir() else []:
+            p.unlink(missing_ok=True)
+
+
 def prune_resume(run_dir: Path, keep_epoch: int) -> None:
     for p in (Path(run_dir) / "resume").glob("epoch-*"):
         if not p.name.startswith(f"epoch-{keep_epoch:03d}."):

@@ -195,6 +195,7 @@ def _settings(text_path, run_dir: Path, mc_options, tc, resume: bool, epochs):
             raise ConfigError(f"{text_path} is missing or not the text this run was trained on (sha256 differs "
                               f"from {cfg_path}): pass the original file with --text")
         vocab = run.read_json(run_dir / "vocab.json")
+        run.remove_stale_temps(run_dir)
     else:
         if text_path is None:
             raise ConfigError("--text is required: the UTF-8 file to train on")
