@@ -25,12 +25,15 @@ def evaluate(
     split: Annotated[Split, typer.Option(help="val = the last fraction the training run held out; all = the whole text.")] = Split.val,
     int8: Annotated[bool, typer.Option("--int8", help="Score with model.int8.onnx.")] = False,
     checkpoint: Annotated[str, typer.Option(help="With --run: best, last, or a .weights.h5 path.")] = "best",
+    average: Annotated[int, typer.Option(min=1, help="With --run: score the mean weights of this many epochs ending at --checkpoint (as `charlstm export --average`).")] = 1,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")] = False,
 ) -> None:
     """Cross-entropy (nats and bits per character) of a text, with the state carried across the whole text."""
     with user_errors():
         if (model is None) == (run is None):
             raise UserError("pass exactly one of --model DIR (a model folder) or --run DIR (a run folder)")
+        if model is not None and average != 1:
+            raise UserError("--average applies to --run; a model folder already holds the weights it was exported with")
         if model is not None:
             from runtime.manifest import load_manifest
             manifest = load_manifest(model)
@@ -58,7 +61,7 @@ def evaluate(
                 from charlstm.extras import require
                 require("train", "keras")
                 from training.evaluate import evaluate_run
-                result = evaluate_run(run, scored, checkpoint, progress=progress)
+                result = evaluate_run(run, scored, checkpoint, progress=progress, average=average)
         result.update({"text": str(source), "split": split.value, "val_fraction": val_fraction})
         if as_json:
             typer.echo(json.dumps(result))

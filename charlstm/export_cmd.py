@@ -15,6 +15,7 @@ def export(
     run_dir: Annotated[Optional[Path], typer.Argument(help="Run folder written by `charlstm train`.", show_default=False)] = None,
     out: Annotated[Path, typer.Option("--out", help="Model folder to write, e.g. models/NAME.")] = ...,
     checkpoint: Annotated[str, typer.Option(help="best (lowest validation loss), last, or the path of a .weights.h5 file.")] = "best",
+    average: Annotated[int, typer.Option(min=1, help="Export the mean weights of this many epochs ending at --checkpoint (Polyak averaging; 1 = the checkpoint alone).")] = 1,
     name: Annotated[Optional[str], typer.Option(help="Model name in the manifest (default: the folder's name).")] = None,
     int8: Annotated[bool, typer.Option("--int8", help="Also write model.int8.onnx (dynamic quantization, for the CPU) and measure its validation loss.")] = False,
     force: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
@@ -40,7 +41,7 @@ def export(
         else:
             if run_dir is None:
                 raise UserError("pass a RUN_DIR (the --out of `charlstm train`) or --from-notebook CKPT")
-            model, mc, vocab, cfg, source = load_run(run_dir, checkpoint)
+            model, mc, vocab, cfg, source = load_run(run_dir, checkpoint, average)
             ids = parity_ids(cfg, vocab)
             eval_text = _val_text(cfg, required=int8)
         manifest = export_model(model, mc, vocab, out, name=name, provenance=source, parity_text=ids,

@@ -19,7 +19,7 @@ from charlstm.errors import UserError
 from export import step_graph, verify
 from training import corpus, run
 from training.config import ModelConfig, TrainConfig, from_dict
-from training.model import build_model, get_weights
+from training.model import build_model, get_weights, load_checkpoints
 
 MODEL_FORMAT = "charlstm-model"
 MODEL_FORMAT_VERSION = 1
@@ -29,8 +29,8 @@ class ExportError(UserError):
     pass
 
 
-def load_run(run_dir: Path, checkpoint: str):
-    """The Keras model with the checkpoint's weights, its config and vocabulary."""
+def load_run(run_dir: Path, checkpoint: str, average: int = 1):
+    """The Keras model with the checkpoint's weights (or the mean of the `average` epochs ending there)."""
     cfg_path = run_dir / "config.json"
     if not cfg_path.is_file():
         raise ExportError(f"{run_dir} is not a run folder (no config.json): pass the --out of `charlstm train`")
@@ -38,22 +38,27 @@ def load_run(run_dir: Path, checkpoint: str):
     mc, vocab = from_dict(ModelConfig, cfg["model"]), run.read_json(run_dir / "vocab.json")
     if mc.vocab_size != len(vocab):
         raise ExportError(f"{cfg_path} says vocab_size {mc.vocab_size} but vocab.json holds {len(vocab)} characters")
-    path, epoch = run.resolve_checkpoint(run_dir, checkpoint)
+    paths, epochs = run.checkpoint_window(run_dir, checkpoint, average)
+    epoch = epochs[-1] if epochs else None
     model = build_model(mc)
     try:
-        model.load_weights(path)
+        load_checkpoints(model, paths)
     except Exception as e:  # h5py and Keras raise many types for a truncated or mismatched file
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        path = (getattr(e, "__notes__", None) or [paths[-1]])[-1]  # load_checkpoints notes the failing file
         raise ExportError(f"checkpoint {path} cannot be loaded into the model of {cfg_path} "
                           f"(truncated, corrupt, or shapes differ): {first}") from None
     history = run.read_history(run_dir / "history.csv") if (run_dir / "history.csv").exists() else []
     row = next((r for r in history if r["epoch"] == epoch), None)
-    source = {"run_dir": str(run_dir.resolve()), "checkpoint": str(path), "epoch": epoch,
-              "val_loss": row["val_loss"] if row else None,  # as Keras measured it in training
+    source = {"run_dir": str(run_dir.resolve()), "checkpoint": str(paths[-1]), "epoch": epoch,
+              "val_loss": row["val_loss"] if row and average == 1 else None,  # as Keras measured it in training
               "corpus_sha256": cfg.get("corpus", {}).get("sha256"),
               "training": {"epochs": len(history), "seconds": round(sum(r["seconds"] for r in history), 1),
                            "machine": cfg.get("machine")},
               "run_config": cfg}
+    if average > 1:
+        source["averaged_epochs"] = epochs
+        source["averaged_checkpoints"] = [str(p) for p in paths]
     return model, mc, vocab, cfg, source
 
 

@@ -33,6 +33,8 @@ def test_int8_close_to_float(tiny_model2):
     ([], "pass exactly one of --model"),
     (["--model", "nowhere"], "nowhere"),
     (["--run", "nowhere"], "not a run folder"),
+    (["--model", "nowhere", "--average", "2"], "--average applies to --run"),
+    (["--run", "nowhere", "--average", "0"], "greater than or equal to 1"),
 ])
 def test_bad_input(args, message):
     result = run_cli("evaluate", *args)

@@ -93,10 +93,17 @@ def test_int8(tiny_model2):
 
 
 def test_cli_export_and_refusals(tiny_run, tmp_path):
+    """Through the CLI with --average 2 (the plain path is every fixture's); Keras agrees on the mean weights."""
     out = tmp_path / "m"
-    ok = run_cli("export", str(tiny_run), "--out", str(out), "--checkpoint", "last")
+    ok = run_cli("export", str(tiny_run), "--out", str(out), "--checkpoint", "last", "--average", "2")
     assert ok.returncode == 0, ok.stderr[-2000:]
-    assert json.loads((out / "model.json").read_text())["provenance"]["epoch"] == 3
+    manifest = json.loads((out / "model.json").read_text())
+    assert manifest["provenance"]["epoch"] == 3 and manifest["provenance"]["averaged_epochs"] == [2, 3]
+    keras_side = run_cli("evaluate", "--run", str(tiny_run), "--checkpoint", "last", "--average", "2", "--json")
+    assert keras_side.returncode == 0, keras_side.stderr[-2000:]
+    result = json.loads(keras_side.stdout)
+    assert result["averaged_epochs"] == [2, 3]
+    assert abs(result["nats_per_char"] - manifest["evaluation"]["nats_per_char"]) < 0.005
     again = run_cli("export", str(tiny_run), "--out", str(out))
     assert again.returncode == 2 and "--force" in again.stderr and "Traceback" not in again.stderr
 
@@ -109,6 +116,30 @@ def test_bad_checkpoint_names(tiny_run, tmp_path, checkpoint, message):
     from charlstm.errors import UserError
     with pytest.raises(UserError, match=message):
         load_run(tiny_run, checkpoint)
+
+
+def test_average_is_the_mean_of_the_epochs(tiny_run):
+    model, *_ , source = load_run(tiny_run, "last", average=3)
+    singles = [load_run(tiny_run, str(tiny_run / "checkpoints" / f"epoch-{e:03d}.weights.h5"))[0].get_weights()
+               for e in (1, 2, 3)]
+    for got, *ws in zip(model.get_weights(), *singles):
+        np.testing.assert_allclose(got, np.mean(ws, axis=0), rtol=0, atol=1e-6)
+    assert source["averaged_epochs"] == [1, 2, 3] and source["val_loss"] is None  # no Keras figure for a mean
+
+
+@pytest.mark.parametrize("checkpoint, average, message", [
+    ("last", 4, "--average 4 reaches before epoch 1 .* pass at most 3"),
+    ("last", 0, "--average 0: pass 1"),
+    ("gone", 2, "--average 2 needs .*epoch-002.weights.h5, which is missing"),
+])
+def test_bad_average(tiny_run, tmp_path, checkpoint, average, message):
+    from charlstm.errors import UserError
+    if checkpoint == "gone":
+        shutil.copytree(tiny_run, tmp_path / "run")
+        (tmp_path / "run" / "checkpoints" / "epoch-002.weights.h5").unlink()
+        tiny_run, checkpoint = tmp_path / "run", "last"
+    with pytest.raises(UserError, match=message):
+        load_run(tiny_run, checkpoint, average=average)
 
 
 def test_truncated_checkpoint_and_wrong_shapes(tiny_run, tmp_path):

@@ -16,18 +16,18 @@ import numpy as np
 
 from training import corpus, run
 from training.config import ConfigError, ModelConfig, from_dict
-from training.model import build_model, reset_states
+from training.model import build_model, load_checkpoints, reset_states
 
 CHUNK = 1000  # characters per Keras call; the state is carried between calls
 
 
-def evaluate_run(run_dir: Path, text: str, checkpoint: str = "best", progress=None) -> dict:
+def evaluate_run(run_dir: Path, text: str, checkpoint: str = "best", progress=None, average: int = 1) -> dict:
     cfg = run.read_json(Path(run_dir) / "config.json")
     vocab = run.read_json(Path(run_dir) / "vocab.json")
     mc = from_dict(ModelConfig, cfg["model"])
-    path, epoch = run.resolve_checkpoint(Path(run_dir), checkpoint)
+    paths, epochs = run.checkpoint_window(Path(run_dir), checkpoint, average)
     model = build_model(mc, batch_size=1, stateful=True)
-    model.load_weights(path)
+    load_checkpoints(model, paths)
     ids = corpus.encode(text, vocab)
     if len(ids) < 2:
         raise ConfigError(f"the text to evaluate has {len(ids)} character(s): it needs at least 2")
@@ -43,5 +43,6 @@ def evaluate_run(run_dir: Path, text: str, checkpoint: str = "best", progress=No
             progress(lo + len(x), n)
     nats = nll / n
     return {"characters": n, "nats_per_char": nats, "bits_per_char": nats / math.log(2),
-            "perplexity": math.exp(nats), "seconds": time.perf_counter() - start, "checkpoint": str(path),
-            "epoch": epoch, "backend": keras.backend.backend()}
+            "perplexity": math.exp(nats), "seconds": time.perf_counter() - start, "checkpoint": str(paths[-1]),
+            "epoch": epochs[-1] if epochs else None, "averaged_epochs": epochs if average > 1 else None,
+            "backend": keras.backend.backend()}

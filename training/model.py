@@ -29,6 +29,22 @@ def build_model(mc: ModelConfig, batch_size: int | None = None, stateful: bool =
     return keras.Model(inputs, logits, name="charlstm")
 
 
+def load_checkpoints(model: keras.Model, paths: list) -> None:
+    """Load one weights file, or the element-wise mean of several (averaged in float64)."""
+    total = None
+    for path in paths:
+        try:
+            model.load_weights(path)
+        except Exception as e:
+            e.add_note(str(path))  # which file of the window failed, for the caller's one-line error
+            raise
+        if len(paths) == 1:
+            return
+        weights = model.get_weights()
+        total = [w.astype(np.float64) for w in weights] if total is None else [t + w for t, w in zip(total, weights)]
+    model.set_weights([(t / len(paths)).astype(w.dtype) for t, w in zip(total, weights)])
+
+
 def reset_states(model: keras.Model) -> None:
     for layer in model.layers:
         if getattr(layer, "stateful", False):
