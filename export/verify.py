@@ -16,7 +16,7 @@ import onnx
 from charlstm.errors import UserError
 from export.step_graph import INPUTS, OUTPUTS
 from training.config import ModelConfig
-from training.model import build_model, reset_states
+from training.model import build_model, learned_weights, reset_states, set_learned_weights
 
 TOLERANCE = 1e-4
 
@@ -46,7 +46,7 @@ def ort_steps(session, ids: np.ndarray, layers: int, units: int) -> np.ndarray:
 
 def keras_greedy(model: keras.Model, mc: ModelConfig, prompt: np.ndarray, length: int) -> list[int]:
     step = build_model(mc, batch_size=1, stateful=True)
-    step.set_weights(model.get_weights())
+    set_learned_weights(step, learned_weights(model))
     reset_states(step)
     logits = None
     for t in prompt:

@@ -196,6 +196,34 @@ def test_mirrored_strategy_on_two_logical_cpus(tmp_path, corpus_path):
     assert len(run.read_history(tmp_path / "run" / "history.csv")) == 2
 
 
+CARRY_PROBE = textwrap.dedent("""
+    import json, numpy as np, keras
+    from training.config import ModelConfig
+    from training.model import build_model, reset_states
+    model = build_model(ModelConfig(vocab_size=10, embedding_dim=8, units=16, layers=2, dropout=0.1), 4, True)
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x = np.random.default_rng(0).integers(0, 10, (4, 20)).astype("int32")
+    norm = lambda: float(sum(np.abs(keras.ops.convert_to_numpy(s)).sum() for s in model.get_layer("lstm_0").states))
+    model.fit(x, x, batch_size=4, epochs=1, verbose=0, shuffle=False)
+    after_fit = norm()
+    reset_states(model)
+    first, second = (model.predict(x, batch_size=4, verbose=0) for _ in range(2))
+    print(json.dumps({"after_fit": after_fit, "predict_change": float(np.abs(first - second).max())}))
+""")
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_stateful_lstm_carries_state_on_every_backend(backend):
+    """Keras 3.15's own stateful LSTM drops its state under JAX's stateless fit; training.model.LSTM does not."""
+    pytest.importorskip(backend, reason=f"{backend} is not installed")
+    result = subprocess.run([sys.executable, "-c", CARRY_PROBE], capture_output=True, text=True, cwd=ROOT,
+                            env={**os.environ, "KERAS_BACKEND": backend}, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    probe = json.loads(result.stdout.strip().splitlines()[-1])
+    assert probe["after_fit"] > 0.01  # the last batch's state is kept for the next one
+    assert probe["predict_change"] > 1e-6  # the second pass starts from the first one's state, not from zeros
+
+
 @pytest.mark.slow
 def test_jax_backend_trains_resumes_and_exports(tmp_path, corpus_path):
     """The training code is backend-agnostic Keras 3: the GPU machine trains with KERAS_BACKEND=jax."""

@@ -13,6 +13,29 @@ import numpy as np
 from training.config import ModelConfig
 
 
+@keras.saving.register_keras_serializable(package="charlstm")
+class LSTM(keras.layers.LSTM):
+    """keras.layers.LSTM whose carried state (stateful=True) is a tracked variable, so every backend carries it.
+
+    Keras 3.15 creates the state variables untracked. TensorFlow assigns them in place, but the JAX trainer runs
+    the model as a pure function and keeps only the tracked variables it returns: under KERAS_BACKEND=jax
+    stateful=True silently trained and validated zero-state windows (the state was all zeros after fit).
+    Tracked like BatchNormalization's moving statistics, the state survives every backend's fit and evaluate.
+    It is not a weight: checkpoints neither save nor expect it, so they load into stateless models unchanged.
+    """
+
+    def _create_state_variables(self, batch_size):
+        self.states = [self.add_weight(shape=tuple(s.shape), initializer="zeros", trainable=False,
+                                       dtype=self.variable_dtype, name=f"carried_state_{i}")
+                       for i, s in enumerate(self.get_initial_state(batch_size))]
+
+    def save_own_variables(self, store):
+        pass  # the carried state belongs to a stream, not to the model
+
+    def load_own_variables(self, store):
+        pass
+
+
 def build_model(mc: ModelConfig, batch_size: int | None = None, stateful: bool = False) -> keras.Model:
     """A sequence model: ids [batch, time] -> logits [batch, time, vocab].
 
@@ -22,11 +45,28 @@ def build_model(mc: ModelConfig, batch_size: int | None = None, stateful: bool =
     inputs = keras.Input(batch_shape=(batch_size, None), dtype="int32", name="ids")
     x = keras.layers.Embedding(mc.vocab_size, mc.embedding_dim, name="embedding")(inputs)
     for i in range(mc.layers):
-        x = keras.layers.LSTM(mc.units, return_sequences=True, stateful=stateful, name=f"lstm_{i}")(x)
+        x = LSTM(mc.units, return_sequences=True, stateful=stateful, name=f"lstm_{i}")(x)
         if mc.dropout > 0:
             x = keras.layers.Dropout(mc.dropout, name=f"dropout_{i}")(x)
     logits = keras.layers.Dense(mc.vocab_size, name="logits")(x)
     return keras.Model(inputs, logits, name="charlstm")
+
+
+def learned_weights(model: keras.Model) -> list[np.ndarray]:
+    """model.get_weights() without the carried LSTM state, so it fits stateful and stateless twins alike."""
+    return [keras.ops.convert_to_numpy(v) for v in _learned(model)]
+
+
+def set_learned_weights(model: keras.Model, values: list[np.ndarray]) -> None:
+    variables = _learned(model)
+    if len(variables) != len(values):
+        raise ValueError(f"{len(values)} weights given for a model of {len(variables)}")
+    for v, value in zip(variables, values):
+        v.assign(value)
+
+
+def _learned(model: keras.Model) -> list:
+    return [v for v in model.weights if not v.name.startswith("carried_state_")]
 
 
 def load_checkpoints(model: keras.Model, paths: list) -> None:
@@ -40,9 +80,9 @@ def load_checkpoints(model: keras.Model, paths: list) -> None:
             raise
         if len(paths) == 1:
             return
-        weights = model.get_weights()
+        weights = learned_weights(model)
         total = [w.astype(np.float64) for w in weights] if total is None else [t + w for t, w in zip(total, weights)]
-    model.set_weights([(t / len(paths)).astype(w.dtype) for t, w in zip(total, weights)])
+    set_learned_weights(model, [(t / len(paths)).astype(w.dtype) for t, w in zip(total, weights)])
 
 
 def reset_states(model: keras.Model) -> None:
