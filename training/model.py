@@ -13,6 +13,9 @@ import numpy as np
 from training.config import ModelConfig
 
 
+STATE_PREFIX = "carried_state_"  # the name of training.model.LSTM's state variables, which are not weights
+
+
 @keras.saving.register_keras_serializable(package="charlstm")
 class LSTM(keras.layers.LSTM):
     """keras.layers.LSTM whose carried state (stateful=True) is a tracked variable, so every backend carries it.
@@ -26,7 +29,7 @@ class LSTM(keras.layers.LSTM):
 
     def _create_state_variables(self, batch_size):
         self.states = [self.add_weight(shape=tuple(s.shape), initializer="zeros", trainable=False,
-                                       dtype=self.variable_dtype, name=f"carried_state_{i}")
+                                       dtype=self.variable_dtype, name=f"{STATE_PREFIX}{i}")
                        for i, s in enumerate(self.get_initial_state(batch_size))]
 
     def save_own_variables(self, store):
@@ -66,23 +69,28 @@ def set_learned_weights(model: keras.Model, values: list[np.ndarray]) -> None:
 
 
 def _learned(model: keras.Model) -> list:
-    return [v for v in model.weights if not v.name.startswith("carried_state_")]
+    return [v for v in model.weights if not v.name.startswith(STATE_PREFIX)]
 
 
 def load_checkpoints(model: keras.Model, paths: list) -> None:
     """Load one weights file, or the element-wise mean of several (averaged in float64)."""
+    if len(paths) == 1:
+        _load(model, paths[0])
+        return
     total = None
     for path in paths:
-        try:
-            model.load_weights(path)
-        except Exception as e:
-            e.add_note(str(path))  # which file of the window failed, for the caller's one-line error
-            raise
-        if len(paths) == 1:
-            return
+        _load(model, path)
         weights = learned_weights(model)
         total = [w.astype(np.float64) for w in weights] if total is None else [t + w for t, w in zip(total, weights)]
     set_learned_weights(model, [(t / len(paths)).astype(w.dtype) for t, w in zip(total, weights)])
+
+
+def _load(model: keras.Model, path) -> None:
+    try:
+        model.load_weights(path)
+    except Exception as e:
+        e.add_note(str(path))  # which file of an averaged window failed, for the caller's one-line error
+        raise
 
 
 def reset_states(model: keras.Model) -> None:
