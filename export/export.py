@@ -41,13 +41,7 @@ def load_run(run_dir: Path, checkpoint: str, average: int = 1):
     paths, epochs = run.checkpoint_window(run_dir, checkpoint, average)
     epoch = epochs[-1] if epochs else None
     model = build_model(mc)
-    try:
-        load_checkpoints(model, paths)
-    except Exception as e:  # h5py and Keras raise many types for a truncated or mismatched file
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        path = (getattr(e, "__notes__", None) or [paths[-1]])[-1]  # load_checkpoints notes the failing file
-        raise ExportError(f"checkpoint {path} cannot be loaded into the model of {cfg_path} "
-                          f"(truncated, corrupt, or shapes differ): {first}") from None
+    load_checkpoints(model, paths)  # a file that does not fit is a one-line CheckpointError
     history = run.read_history(run_dir / "history.csv") if (run_dir / "history.csv").exists() else []
     row = next((r for r in history if r["epoch"] == epoch), None)
     source = {"run_dir": str(run_dir.resolve()), "checkpoint": str(paths[-1]), "epoch": epoch,

@@ -39,3 +39,14 @@ def test_int8_close_to_float(tiny_model2):
 def test_bad_input(args, message):
     result = run_cli("evaluate", *args)
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_truncated_checkpoint_is_one_line(tiny_run, tmp_path):
+    import shutil
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run, run_dir)
+    best = run_dir / "checkpoints" / "best.weights.h5"
+    best.write_bytes(best.read_bytes()[: best.stat().st_size // 2])
+    result = run_cli("evaluate", "--run", str(run_dir))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"checkpoint {best} cannot be loaded" in result.stderr

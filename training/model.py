@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
+from charlstm.errors import UserError
 from training.config import ModelConfig
 
 
@@ -85,12 +86,17 @@ def load_checkpoints(model: keras.Model, paths: list) -> None:
     set_learned_weights(model, [(t / len(paths)).astype(w.dtype) for t, w in zip(total, weights)])
 
 
+class CheckpointError(UserError):
+    pass
+
+
 def _load(model: keras.Model, path) -> None:
     try:
         model.load_weights(path)
-    except Exception as e:
-        e.add_note(str(path))  # which file of an averaged window failed, for the caller's one-line error
-        raise
+    except Exception as e:  # h5py and Keras raise many types for a truncated or mismatched file
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"checkpoint {path} cannot be loaded into the run's model "
+                              f"(truncated, corrupt, or shapes differ from config.json): {first}") from None
 
 
 def reset_states(model: keras.Model) -> None:
