@@ -32,6 +32,7 @@ def train(
     units: Annotated[Optional[int], typer.Option(help="LSTM units per layer.")] = None,
     layers: Annotated[Optional[int], typer.Option(help="Number of stacked LSTM layers.")] = None,
     dropout: Annotated[Optional[float], typer.Option(help="Dropout after each LSTM layer, in [0, 1).")] = None,
+    recurrent_dropout: Annotated[Optional[float], typer.Option(help="Dropout on each LSTM's recurrent input h, one mask per sequence, in [0, 1).")] = None,
     learning_rate: Annotated[Optional[float], typer.Option(help="Adam learning rate.")] = None,
     lr_decay: Annotated[Optional[float], typer.Option(help="Multiply the learning rate by this every epoch after --lr-decay-after; 1 = constant.")] = None,
     lr_decay_after: Annotated[Optional[int], typer.Option(help="Epochs at the full learning rate before --lr-decay starts.")] = None,
@@ -55,7 +56,7 @@ def train(
 
         given = {k: v for k, v in dict(
             epochs=epochs, batch_size=batch_size, seq_length=seq_length, embedding_dim=embedding_dim,
-            units=units, layers=layers, dropout=dropout, learning_rate=learning_rate, lr_decay=lr_decay, lr_decay_after=lr_decay_after, clip_norm=clip_norm,
+            units=units, layers=layers, dropout=dropout, recurrent_dropout=recurrent_dropout, learning_rate=learning_rate, lr_decay=lr_decay, lr_decay_after=lr_decay_after, clip_norm=clip_norm,
             val_fraction=val_fraction, patience=patience, seed=seed, stateful=stateful,
             sample_every=sample_every).items() if v is not None}
         if resume:

@@ -144,6 +144,7 @@ def test_bad_corpus_one_line_error(tmp_path, content, message):
 @pytest.mark.parametrize("key, value, message", [
     ("units", 0, "--units must be at least 1, got 0"),
     ("dropout", 1.0, "--dropout must be in [0, 1), got 1.0"),
+    ("recurrent_dropout", -0.1, "--recurrent-dropout must be in [0, 1), got -0.1"),
     ("learning_rate", -1.0, "--learning-rate must be positive, got -1.0"),
     ("val_fraction", 1.5, "--val-fraction must be in (0, 1), got 1.5"),
     ("batch_size", 0, "--batch-size must be at least 1, got 0"),
@@ -200,7 +201,8 @@ CARRY_PROBE = textwrap.dedent("""
     import json, numpy as np, keras
     from training.config import ModelConfig
     from training.model import build_model, reset_states
-    model = build_model(ModelConfig(vocab_size=10, embedding_dim=8, units=16, layers=2, dropout=0.1), 4, True)
+    model = build_model(ModelConfig(vocab_size=10, embedding_dim=8, units=16, layers=2, dropout=0.1,
+                                    recurrent_dropout=0.1), 4, True)
     model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     x = np.random.default_rng(0).integers(0, 10, (4, 20)).astype("int32")
     model.fit(x, x, batch_size=4, epochs=1, verbose=0, shuffle=False)
@@ -228,7 +230,7 @@ def test_jax_backend_trains_resumes_and_exports(tmp_path, corpus_path):
     """The training code is backend-agnostic Keras 3: the GPU machine trains with KERAS_BACKEND=jax."""
     pytest.importorskip("jax", reason="JAX is not installed (pip install jax): the JAX-backend run is skipped")
     args = ["train", "--text", str(corpus_path), "--units", "16", "--layers", "2", "--dropout", "0.1",
-            "--embedding-dim", "8", "--batch-size", "8", "--seq-length", "32", "--sample-every", "0", "--quiet"]
+            "--recurrent-dropout", "0.1", "--embedding-dim", "8", "--batch-size", "8", "--seq-length", "32", "--sample-every", "0", "--quiet"]
     jax = {"KERAS_BACKEND": "jax"}
     assert run_cli(*args, "--out", str(tmp_path / "straight"), "--epochs", "3", env=jax).returncode == 0
     assert run_cli(*args, "--out", str(tmp_path / "part"), "--epochs", "2", env=jax).returncode == 0

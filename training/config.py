@@ -19,6 +19,7 @@ class ModelConfig:
     units: int = 1024  # the notebook's LSTM width
     layers: int = 1  # the notebook stacks one LSTM
     dropout: float = 0.0  # between layers and before the Dense; the notebook had none
+    recurrent_dropout: float = 0.0  # on h inside each LSTM, one mask per sequence (Gal & Ghahramani)
 
     def validate(self) -> None:
         _check(self.vocab_size >= 1, f"vocab_size must be at least 1, got {self.vocab_size}")
@@ -26,6 +27,8 @@ class ModelConfig:
         _check(self.units >= 1, f"--units must be at least 1, got {self.units}")
         _check(self.layers >= 1, f"--layers must be at least 1, got {self.layers}")
         _check(0.0 <= self.dropout < 1.0, f"--dropout must be in [0, 1), got {self.dropout}")
+        _check(0.0 <= self.recurrent_dropout < 1.0,
+               f"--recurrent-dropout must be in [0, 1), got {self.recurrent_dropout}")
 
     def parameters(self) -> int:
         """Number of weights: embedding, each LSTM's kernel, recurrent kernel and bias, and the Dense."""

@@ -49,7 +49,8 @@ def build_model(mc: ModelConfig, batch_size: int | None = None, stateful: bool =
     inputs = keras.Input(batch_shape=(batch_size, None), dtype="int32", name="ids")
     x = keras.layers.Embedding(mc.vocab_size, mc.embedding_dim, name="embedding")(inputs)
     for i in range(mc.layers):
-        x = LSTM(mc.units, return_sequences=True, stateful=stateful, name=f"lstm_{i}")(x)
+        x = LSTM(mc.units, return_sequences=True, stateful=stateful, recurrent_dropout=mc.recurrent_dropout,
+                 name=f"lstm_{i}")(x)
         if mc.dropout > 0:
             x = keras.layers.Dropout(mc.dropout, name=f"dropout_{i}")(x)
     logits = keras.layers.Dense(mc.vocab_size, name="logits")(x)
