@@ -230,7 +230,8 @@ def test_jax_backend_trains_resumes_and_exports(tmp_path, corpus_path):
     """The training code is backend-agnostic Keras 3: the GPU machine trains with KERAS_BACKEND=jax."""
     pytest.importorskip("jax", reason="JAX is not installed (pip install jax): the JAX-backend run is skipped")
     args = ["train", "--text", str(corpus_path), "--units", "16", "--layers", "2", "--dropout", "0.1",
-            "--recurrent-dropout", "0.1", "--embedding-dim", "8", "--batch-size", "8", "--seq-length", "32", "--sample-every", "0", "--quiet"]
+            "--recurrent-dropout", "0.1", "--embedding-dim", "8", "--batch-size", "8", "--seq-length", "32",
+            "--sample-every", "0", "--quiet"]
     jax = {"KERAS_BACKEND": "jax"}
     assert run_cli(*args, "--out", str(tmp_path / "straight"), "--epochs", "3", env=jax).returncode == 0
     assert run_cli(*args, "--out", str(tmp_path / "part"), "--epochs", "2", env=jax).returncode == 0
