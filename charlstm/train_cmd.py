@@ -56,7 +56,8 @@ def train(
 
         given = {k: v for k, v in dict(
             epochs=epochs, batch_size=batch_size, seq_length=seq_length, embedding_dim=embedding_dim,
-            units=units, layers=layers, dropout=dropout, recurrent_dropout=recurrent_dropout, learning_rate=learning_rate, lr_decay=lr_decay, lr_decay_after=lr_decay_after, clip_norm=clip_norm,
+            units=units, layers=layers, dropout=dropout, recurrent_dropout=recurrent_dropout,
+            learning_rate=learning_rate, lr_decay=lr_decay, lr_decay_after=lr_decay_after, clip_norm=clip_norm,
             val_fraction=val_fraction, patience=patience, seed=seed, stateful=stateful,
             sample_every=sample_every).items() if v is not None}
         if resume:
