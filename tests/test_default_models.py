@@ -32,6 +32,13 @@ def test_manifest_records_corpus_split_quality_and_training(model: Path):
     assert t["seconds"] > 0 and t["machine"]["cpus"] >= 1
 
 
+def test_shakespeare_meets_the_quality_target():
+    """At most 1.40 nats/char on tinyshakespeare's validation split (the figure a slow test below recomputes)."""
+    e = json.loads((ROOT / "models" / "shakespeare" / "model.json").read_text(encoding="utf-8"))["evaluation"]
+    assert e["corpus"] == "tinyshakespeare.txt" and e["characters"] >= 111_539
+    assert e["nats_per_char"] <= 1.40
+
+
 def test_generate_with_the_default_model():
     """The README's first command, minus the install: `charlstm generate` from the repository root."""
     result = run_cli("generate", "--prompt", "ROMEO:", "--length", "100", "--seed", "1")
