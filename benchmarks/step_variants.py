@@ -1,9 +1,10 @@
 """Speed levers for the CPU step, timed in turns: ONNX Runtime threads and spinning, and weight formats.
 
 Not part of `charlstm bench`: an experiment to rerun before changing the runtime's defaults or the export.
-Weight formats: model.onnx (float32), model.int8.onnx (dynamic int8, as exported), and MatMulNBits
-(com.microsoft, block-wise weight-only 8- and 4-bit, accuracy level 4 = int8 compute) built here from
-model.onnx. Each format's largest logit and state difference against float32 is printed beside its time.
+Weight formats: model.onnx (float32), model.int8.onnx (as exported: MatMulNBits, 8-bit blocks of 128,
+accuracy level 4 = int8 compute), and, built here from model.onnx with ONNX Runtime's quantizers, the
+per-channel dynamic int8 (MatMulInteger) that `--int8` wrote before, and 4-bit MatMulNBits. Each format's
+largest logit and state difference against float32 is printed beside its time.
 
     python -m benchmarks.step_variants --model ~/.cache/charlstm/bench/random-v92-e256-u1024-l1/model
 """
@@ -22,42 +23,27 @@ import numpy as np  # noqa: E402
 from benchmarks.timing import round_robin, timed  # noqa: E402
 
 
-def nbits(path: Path, bits: int, block: int = 32) -> bytes:
-    """model.onnx with every constant-weight MatMul as MatMulNBits (symmetric, per block of `block` inputs)."""
-    import onnx
-    from onnx import helper, numpy_helper
+def quantized(path: Path, method: str) -> bytes:
+    """model.onnx quantized with ONNX Runtime's tools: "dynamic" (per-channel int8 MatMulInteger, what
+    `--int8` wrote before) or "nbits4" (MatMulNBits, 4-bit, blocks of 128, int8 compute)."""
+    import logging
+    import tempfile
 
-    m = onnx.load(path)
-    g = m.graph
-    inits = {i.name: i for i in g.initializer}
-    nodes = []
-    for n in g.node:
-        if n.op_type != "MatMul" or n.input[1] not in inits:
-            nodes.append(n)
-            continue
-        w = numpy_helper.to_array(inits[n.input[1]]).astype(np.float32)  # [K, N]
-        k, cols = w.shape
-        wt = np.concatenate([w.T, np.zeros((cols, -k % block), np.float32)], 1).reshape(cols, -1, block)
-        qmax = 2 ** (bits - 1) - 1
-        scale = np.abs(wt).max(-1) / qmax
-        scale[scale == 0] = 1.0
-        q = (np.clip(np.round(wt / scale[..., None]), -qmax - 1, qmax) + 2 ** (bits - 1)).astype(np.uint8)
-        if bits == 4:  # two per byte, the first in the low nibble
-            q = q[..., 0::2] | (q[..., 1::2] << 4)
-        name = f"{n.input[1]}_q{bits}"
-        g.initializer.extend([numpy_helper.from_array(q, name),
-                              numpy_helper.from_array(scale.astype(np.float32).reshape(-1), name + "_scale")])
-        nodes.append(helper.make_node("MatMulNBits", [n.input[0], name, name + "_scale"], list(n.output),
-                                      domain="com.microsoft", K=k, N=cols, bits=bits, block_size=block,
-                                      accuracy_level=4, name=f"{n.name or n.output[0]}_nbits"))
-    del g.node[:]
-    g.node.extend(nodes)
-    used = {i for n in g.node for i in n.input}
-    kept = [i for i in g.initializer if i.name in used]
-    del g.initializer[:]
-    g.initializer.extend(kept)
-    m.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-    return m.SerializeToString()
+    import onnx
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "q.onnx"
+        if method == "dynamic":
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+            logging.getLogger().setLevel(logging.ERROR)  # its advice to pre-process the graph
+            quantize_dynamic(path, out, weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"])
+        else:
+            from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+            logging.getLogger(MatMulNBitsQuantizer.__module__).setLevel(logging.WARNING)
+            q = MatMulNBitsQuantizer(onnx.load(path), bits=4, block_size=128, is_symmetric=True, accuracy_level=4)
+            q.process()
+            q.model.save_model_to_file(str(out), use_external_data_format=False)
+        return out.read_bytes()
 
 
 def session(model, threads: int, spinning: bool = False):
@@ -76,9 +62,9 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=7, help="rounds; the median is reported")
     args = p.parse_args()
     formats = {"float32": (args.model / "model.onnx").read_bytes(),
-               "int8 dynamic (model.int8.onnx)": (args.model / "model.int8.onnx").read_bytes(),
-               "MatMulNBits 8-bit": nbits(args.model / "model.onnx", 8),
-               "MatMulNBits 4-bit": nbits(args.model / "model.onnx", 4)}
+               "int8 MatMulNBits (model.int8.onnx)": (args.model / "model.int8.onnx").read_bytes(),
+               "int8 dynamic (the previous export)": quantized(args.model / "model.onnx", "dynamic"),
+               "4-bit MatMulNBits": quantized(args.model / "model.onnx", "nbits4")}
     sessions = {f"{name}, {t} thread(s)": session(data, t) for name, data in formats.items() for t in (1, 2)}
     sessions["float32, 2 thread(s), spinning"] = session(formats["float32"], 2, spinning=True)
     units = sessions["float32, 1 thread(s)"].get_inputs()[1].shape[2]
@@ -94,7 +80,7 @@ def main() -> None:
     for name, us in medians.items():
         out = sessions[name].run(None, probe)
         diff = f"logits {np.abs(out[0] - reference[0]).max():.1e}, h {np.abs(out[1] - reference[1]).max():.1e}"
-        print(f"{name:42} {us:8.1f} µs  {us / base:5.2f}x float32 1 thread   max diff: {diff}")
+        print(f"{name:50} {us:8.1f} µs  {us / base:5.2f}x float32 1 thread   max diff: {diff}")
 
 
 if __name__ == "__main__":

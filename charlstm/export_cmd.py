@@ -17,7 +17,7 @@ def export(
     checkpoint: Annotated[str, typer.Option(help="best (lowest validation loss), last, or the path of a .weights.h5 file.")] = "best",
     average: Annotated[int, typer.Option(min=1, help="Export the mean weights of this many epochs ending at --checkpoint (Polyak averaging; 1 = the checkpoint alone).")] = 1,
     name: Annotated[Optional[str], typer.Option(help="Model name in the manifest (default: the folder's name).")] = None,
-    int8: Annotated[bool, typer.Option("--int8", help="Also write model.int8.onnx (dynamic quantization, for the CPU) and measure its validation loss.")] = False,
+    int8: Annotated[bool, typer.Option("--int8", help="Also write model.int8.onnx (8-bit weights, for the CPU) and measure its validation loss.")] = False,
     force: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
     from_notebook: Annotated[Optional[Path], typer.Option(help="Import a checkpoint written by the original notebook (folder or prefix) instead of a run folder.")] = None,
     corpus: Annotated[Optional[Path], typer.Option(help="With --from-notebook: the text the notebook trained on (its vocabulary is rebuilt from it).")] = None,

@@ -88,7 +88,7 @@ def _tidy(model: onnx.ModelProto, layers: int, units: int, vocab: int) -> onnx.M
 
 
 def _gemm_to_matmul(g: onnx.GraphProto) -> None:
-    """onnxruntime's dynamic quantization leaves Gemm in float; MatMul + Add computes the same thing."""
+    """onnxruntime's int8 quantizers take MatMul and leave Gemm in float; MatMul + Add computes the same thing."""
     nodes = []
     for n in g.node:
         attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}

@@ -31,7 +31,7 @@ class SessionConfig:
     """How the ONNX session is built. The defaults come from measurements on a 2-core machine."""
 
     device: str = "auto"  # auto takes CUDA when it starts, else the CPU
-    int8: bool = False  # model.int8.onnx: dynamic int8 MatMuls, a CPU-only speed-up
+    int8: bool = False  # model.int8.onnx: 8-bit MatMulNBits, a CPU-only speed-up
     threads: int = 0  # intra-op threads; 0 = one per core: 1.3-2.2x faster than 1 on an idle 2-core machine
     spinning: bool = False  # idle workers spinning between steps cost 2-3x when other work shares the cores
     log_severity: int = 4  # 4 = fatal only: a failed CUDA start must not spill ORT log lines onto stderr
@@ -41,7 +41,7 @@ class SessionConfig:
             raise InputError(f"--device {self.device!r} is not one of {', '.join(DEVICES)}: use auto (CUDA if it "
                              "works, else the CPU), cuda or cpu")
         if self.int8 and self.device == "cuda":
-            raise InputError("--int8 runs on the CPU only (dynamic int8 MatMuls): drop --device cuda or drop --int8")
+            raise InputError("--int8 runs on the CPU only (8-bit MatMulNBits): drop --device cuda or drop --int8")
         if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 0:
             raise InputError(f"threads {self.threads!r} is not an integer >= 0 (0 lets ONNX Runtime choose)")
 

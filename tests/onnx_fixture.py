@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -114,14 +113,9 @@ def make_model_dir(path, vocab=None, layers: int = 1, units: int = 16, embedding
     onnx.save(model, out / "model.onnx")
     files = {"model.onnx": file_entry(out / "model.onnx")}
     if int8:
-        from onnxruntime.quantization import QuantType, quantize_dynamic
+        from export.int8 import write_int8  # what `charlstm export --int8` writes
 
-        root = logging.getLogger()
-        level, root.level = root.level, logging.ERROR  # quiet its advice to pre-process the graph first
-        try:
-            quantize_dynamic(out / "model.onnx", out / "model.int8.onnx", weight_type=QuantType.QInt8)
-        finally:
-            root.setLevel(level)
+        write_int8(out / "model.onnx", out / "model.int8.onnx")
         files["model.int8.onnx"] = file_entry(out / "model.int8.onnx")
     parameters = sum(int(np.prod(t.dims)) for t in model.graph.initializer if t.data_type == TensorProto.FLOAT)
     manifest = {
