@@ -75,9 +75,22 @@ def main() -> None:
     feeds = {"token": np.zeros(1, np.int64), "h": np.zeros((1, 1, units), np.float32),
              "c": np.zeros((1, 1, units), np.float32)}
     variants = {name: (timed(lambda s=s: s.run(None, feeds)), args.steps) for name, s in sessions.items()}
+    # the runtime's own steppers on the same session: numpy feeds (the CPU path) against IOBinding with
+    # preallocated ping-pong state buffers (the CUDA path, here on host memory)
+    from runtime.manifest import load_manifest
+    from runtime.session import BoundStepper, Stepper
+    manifest = load_manifest(args.model)
+    for name, stepper in (("Stepper", Stepper(sessions["float32, 2 thread(s)"], manifest)),
+                          ("BoundStepper", BoundStepper(sessions["float32, 2 thread(s)"], manifest, "cpu"))):
+        stepper.reset(1)
+        variants[f"float32, 2 thread(s), runtime {name}"] = (
+            timed(lambda st=stepper: st.step(np.zeros(1, np.int64))), args.steps)
     medians = round_robin(variants, args.repeats, log=lambda m: print(m, file=sys.stderr, flush=True))
     base = medians["float32, 1 thread(s)"]
     for name, us in medians.items():
+        if name not in sessions:
+            print(f"{name:50} {us:8.1f} µs  {us / base:5.2f}x float32 1 thread")
+            continue
         out = sessions[name].run(None, probe)
         diff = f"logits {np.abs(out[0] - reference[0]).max():.1e}, h {np.abs(out[1] - reference[1]).max():.1e}"
         print(f"{name:50} {us:8.1f} µs  {us / base:5.2f}x float32 1 thread   max diff: {diff}")
