@@ -29,8 +29,6 @@ def quantized(path: Path, method: str) -> bytes:
     import logging
     import tempfile
 
-    import onnx
-
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "q.onnx"
         if method == "dynamic":
@@ -38,11 +36,8 @@ def quantized(path: Path, method: str) -> bytes:
             logging.getLogger().setLevel(logging.ERROR)  # its advice to pre-process the graph
             quantize_dynamic(path, out, weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"])
         else:
-            from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-            logging.getLogger(MatMulNBitsQuantizer.__module__).setLevel(logging.WARNING)
-            q = MatMulNBitsQuantizer(onnx.load(path), bits=4, block_size=128, is_symmetric=True, accuracy_level=4)
-            q.process()
-            q.model.save_model_to_file(str(out), use_external_data_format=False)
+            from export.int8 import write_nbits
+            write_nbits(path, out, bits=4)
         return out.read_bytes()
 
 

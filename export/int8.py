@@ -21,15 +21,15 @@ from training import run
 BLOCK = 128  # weights per scale along the input dimension (ONNX Runtime's default)
 ACCURACY_LEVEL = 4  # int8 activations too: the kernel multiplies int8 by int8
 
-def write_int8(src: Path, dst: Path) -> None:
-    """Quantize every MatMul of the float graph `src` into `dst` (MatMulNBits, 8 bits)."""
+def write_nbits(src: Path, dst: Path, bits: int = 8) -> None:
+    """Quantize every MatMul of the float graph `src` into `dst` (MatMulNBits; 4 bits for experiments)."""
     import logging
 
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     logging.getLogger(MatMulNBitsQuantizer.__module__).setLevel(logging.WARNING)  # a line per graph node at INFO
-    quantizer = MatMulNBitsQuantizer(onnx.load(src), bits=8, block_size=BLOCK, is_symmetric=True,
+    quantizer = MatMulNBitsQuantizer(onnx.load(src), bits=bits, block_size=BLOCK, is_symmetric=True,
                                      accuracy_level=ACCURACY_LEVEL)
     quantizer.process()
     quantizer.model.save_model_to_file(str(dst), use_external_data_format=False)
@@ -41,7 +41,7 @@ def quantize(folder: Path, manifest: dict, eval_text: str | None, log) -> tuple[
 
     src, dst = folder / "model.onnx", folder / "model.int8.onnx"
     log(f"quantizing to int8 (MatMulNBits: blocks of {BLOCK}, symmetric, int8 compute)")
-    write_int8(src, dst)
+    write_nbits(src, dst)
     data = dst.read_bytes()
     entry = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
     figures = {"weight_type": "int8", "method": "MatMulNBits", "block_size": BLOCK, "symmetric": True,

@@ -113,9 +113,9 @@ def make_model_dir(path, vocab=None, layers: int = 1, units: int = 16, embedding
     onnx.save(model, out / "model.onnx")
     files = {"model.onnx": file_entry(out / "model.onnx")}
     if int8:
-        from export.int8 import write_int8  # what `charlstm export --int8` writes
+        from export.int8 import write_nbits  # what `charlstm export --int8` writes
 
-        write_int8(out / "model.onnx", out / "model.int8.onnx")
+        write_nbits(out / "model.onnx", out / "model.int8.onnx")
         files["model.int8.onnx"] = file_entry(out / "model.int8.onnx")
     parameters = sum(int(np.prod(t.dims)) for t in model.graph.initializer if t.data_type == TensorProto.FLOAT)
     manifest = {
