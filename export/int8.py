@@ -21,6 +21,7 @@ from training import run
 BLOCK = 128  # weights per scale along the input dimension (ONNX Runtime's default)
 ACCURACY_LEVEL = 4  # int8 activations too: the kernel multiplies int8 by int8
 
+
 def write_nbits(src: Path, dst: Path, bits: int = 8) -> None:
     """Quantize every MatMul of the float graph `src` into `dst` (MatMulNBits; 4 bits for experiments)."""
     import logging
