@@ -1,5 +1,13 @@
-"""GPU generation benchmark: runtime's CUDA path (BoundStepper: IOBinding, state kept on the device) at batch 1
-and batch 64, plus an experiment the runtime does not do yet: two captured CUDA graphs chosen by `gpu_graph_id`.
+"""GPU generation benchmark: the runtime's CUDA path at batch 1 and batch 64, variant by variant.
+
+- step, IOBinding: one `run` a character, h and c kept on the device (two state buffer sets, ping-pong);
+- step, IOBinding + CUDA graphs: the same, each state set's run replayed as a captured CUDA graph
+  (gpu_graph_id picks it); what top-k and top-p sampling use;
+- burst + CUDA graphs: the burst graph (export/burst.py), 16 steps a run with Gumbel-max sampling in the
+  graph, so a run uploads noise and downloads 16 ids; what plain temperature sampling uses;
+- generate loop: `Generator.generate` as `charlstm generate` runs it (defaults: burst, CUDA graphs).
+Exactness rows: the CUDA-graph logits against the plain run's, CUDA against the CPU, and the burst loop's text
+against the step loop's for one seed.
 
 Needs no TensorFlow: build the model folder where TensorFlow is, then carry it to the GPU machine.
 
@@ -39,89 +47,94 @@ def cuda_missing() -> str | None:
 
 def measure(model_dir: Path, device: str = "cuda", steps: int = 500, repeats: int = 5, log=lambda m: None
             ) -> list[Row]:
-    """Per-character latency of the stepper alone, of the whole generate loop, and of CUDA graphs."""
+    """Per-character latency of each variant at batch 1 and 64, then the exactness checks."""
     from runtime import Generator
-    from runtime.session import BoundStepper
 
     rows = []
-    gen = Generator(model_dir, device=device)  # --device cuda: DeviceError (one line) when CUDA does not start
-    stepper = gen.stepper if isinstance(gen.stepper, BoundStepper) else BoundStepper(gen.session, gen.manifest,
-                                                                                     gen.device)
+
+    def timed_row(variant: str, fn, calls: int, chars_per_call: int) -> None:
+        log(f"{dev}: {variant}")
+        try:
+            rows.append(Row(dev, variant, us_per_char=per_call_us(fn, calls, repeats, warmup=max(3, calls // 4))
+                            / chars_per_call))
+        except Exception as e:  # noqa: BLE001 - report why one variant failed, keep the others
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            rows.append(Row(dev, variant, note=f"did not run: {first[:160]}"))
+
+    plain = Generator(model_dir, device=device, burst=False, cuda_graph=False)  # DeviceError when CUDA fails
+    fast = Generator(model_dir, device=device)  # what charlstm generate runs: burst and graphs on CUDA
+    dev = fast.device
+    graphs = " + CUDA graphs" if dev == "cuda" else ""
     for batch in BATCHES:
-        log(f"{gen.device}: IOBinding step, batch {batch}")
-        stepper.reset(batch)
         ids = np.zeros(batch, np.int64)
-        us = per_call_us(lambda: stepper.step(ids), steps, repeats) / batch
-        rows.append(Row(gen.device, f"IOBinding step (BoundStepper), batch {batch}", us_per_char=us))
-    for batch in BATCHES:
-        log(f"{gen.device}: generate loop, batch {batch}")
-        us = per_call_us(lambda: gen.generate("", length=steps, seed=0, num_samples=batch), 1, repeats, warmup=1)
-        rows.append(Row(gen.device, f"generate loop (step + sample on host), batch {batch}",
-                        us_per_char=us / steps / batch))
-    if gen.device == "cuda":
-        for batch in BATCHES:
-            log(f"cuda: captured CUDA graphs, batch {batch}")
-            rows.append(cuda_graph_row(gen.path, gen.manifest, batch, steps, repeats))
-    for i in range(0, len(rows), 2):
-        b1, b64 = rows[i], rows[i + 1]
-        if b1.us_per_char and b64.us_per_char:
-            b64.note = f"{b1.us_per_char / b64.us_per_char:.1f}x batch 1's characters/s"
+        plain.stepper.reset(batch)
+        timed_row(f"step, IOBinding, batch {batch}", lambda: plain.stepper.step(ids), steps, batch)
+        if dev == "cuda":
+            fast.stepper.reset(batch)
+            timed_row(f"step, IOBinding{graphs}, batch {batch}", lambda: fast.stepper.step(ids), steps, batch)
+        if fast.manifest.burst is not None:
+            stepper = fast.stepper if fast.stepper.burst_session is not None else \
+                Generator(model_dir, device=device, burst=True).stepper
+            k = fast.manifest.burst.steps
+            noise = np.zeros((k, batch, len(fast.itos)), np.float32)
+            stepper.reset(batch)
+            timed_row(f"burst ({k} steps a run, sampled in the graph){graphs}, batch {batch}",
+                      lambda: stepper.burst(ids, noise), max(1, steps // k), k * batch)
+        for name, top_k in (("generate loop (charlstm generate)", None),
+                            ("generate loop, step path (--top-k)", len(fast.itos))):
+            timed_row(f"{name}, batch {batch}", lambda: fast.generate("", length=steps, seed=0, num_samples=batch,
+                                                                      top_k=top_k), 1, steps * batch)
+    by = {r.variant: r for r in rows}
+    for r in rows:
+        if r.variant.endswith("batch 64") and r.us_per_char:
+            b1 = by.get(r.variant.replace("batch 64", "batch 1"))
+            if b1 and b1.us_per_char:
+                r.note = f"{b1.us_per_char / r.us_per_char:.1f}x batch 1's characters/s"
+    log(f"{dev}: exactness checks")
+    try:
+        rows += exactness(model_dir, plain, fast, device)
+    except Exception as e:  # noqa: BLE001 - keep the timings when a check breaks
+        rows.append(Row(dev, "check", note=f"did not run: {(str(e).strip().splitlines() or [''])[0][:160]}"))
     return rows
 
 
-def cuda_graph_row(path: Path, manifest, batch: int, steps: int, repeats: int) -> Row:
-    """Two state buffer sets (ping-pong) and one captured CUDA graph per set, picked by the run option
-    gpu_graph_id: a step is one graph replay plus the token upload and the logits download."""
-    import onnxruntime as ort
+def exactness(model_dir: Path, plain, fast, device: str, steps: int = 200) -> list[Row]:
+    """Largest logit difference, CUDA graphs vs plain runs and this device vs the CPU (teacher-forced on the same
+    ids), and whether the burst loop's text equals the step loop's for one seed."""
+    from runtime import Generator
 
-    variant = f"experiment: 2 CUDA graphs + IOBinding, batch {batch}"
-    try:
-        session = ort.InferenceSession(str(path), providers=[("CUDAExecutionProvider", {"enable_cuda_graph": "1"})])
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, len(fast.itos), steps)
+    cpu = plain if plain.device == "cpu" else Generator(model_dir, device="cpu")
 
-        def buffer(shape, dtype):
-            value = ort.OrtValue.ortvalue_from_shape_and_type(shape, dtype, "cuda", 0)
-            value.update_inplace(np.zeros(shape, dtype))
-            return value
+    def logits(gen):
+        gen.stepper.reset(1)
+        return np.stack([gen.stepper.step(np.array([i])) for i in ids])
 
-        state = [manifest.layers, batch, manifest.units]
-        sets = [(buffer(state, np.float32), buffer(state, np.float32)) for _ in range(2)]
-        token, logits = buffer([batch], np.int64), buffer([batch, len(manifest.vocab)], np.float32)
-        bindings, options = [], []
-        for k in (0, 1):
-            b = session.io_binding()
-            b.bind_ortvalue_input(manifest.inputs["token"], token)
-            b.bind_ortvalue_input(manifest.inputs["h"], sets[k][0])
-            b.bind_ortvalue_input(manifest.inputs["c"], sets[k][1])
-            b.bind_ortvalue_output(manifest.outputs["logits"], logits)  # on the device: graphs need fixed addresses
-            b.bind_ortvalue_output(manifest.outputs["h"], sets[1 - k][0])
-            b.bind_ortvalue_output(manifest.outputs["c"], sets[1 - k][1])
-            ro = ort.RunOptions()
-            ro.add_run_config_entry("gpu_graph_id", str(k + 1))
-            bindings.append(b)
-            options.append(ro)
-        ids, k = np.zeros(batch, np.int64), [0]
-
-        def step():
-            token.update_inplace(ids)
-            session.run_with_iobinding(bindings[k[0]], options[k[0]])
-            k[0] = 1 - k[0]
-            return logits.numpy()  # the only copy back, as the runtime's stepper
-
-        for _ in range(6):  # ORT runs a graph id normally a few times before it captures it
-            step()
-        return Row("cuda", variant, us_per_char=per_call_us(step, steps, repeats) / batch)
-    except Exception as e:  # noqa: BLE001 - an experiment: report why it did not run, keep the other rows
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        return Row("cuda", variant, note=f"did not run: {first[:160]}")
+    ref, rows = logits(plain), []
+    if fast.device == "cuda":
+        rows.append(Row("cuda", "check: CUDA graphs vs plain runs", note=f"max |logit diff| "
+                        f"{np.abs(logits(fast) - ref).max():.2e} over {steps} steps"))
+    rows.append(Row(plain.device, f"check: {plain.device} vs cpu", note=f"max |logit diff| "
+                    f"{np.abs(ref - logits(cpu)).max():.2e} over {steps} steps"))
+    if fast.manifest.burst is not None:
+        burst = fast if fast.stepper.burst_session is not None else Generator(model_dir, device=device, burst=True)
+        a = burst.generate("", length=steps, seed=1)
+        b = plain.generate("", length=steps, seed=1)  # the step loop, host-side Gumbel-max on the same draws
+        diff = [i for i, (x, y) in enumerate(zip(a, b)) if x != y]
+        rows.append(Row(burst.device, "check: burst text vs step text, seed 1",
+                        note=f"{steps - len(diff)}/{steps} characters equal"
+                        + (f" (first difference at {diff[0]})" if diff else "")))
+    return rows
 
 
 def render(rows: list[Row]) -> str:
     """A plain-text table (the GPU machine may lack rich)."""
-    lines = [f"{'device':6}  {'variant':58}  {'us/char':>9}  {'chars/s':>10}  note"]
+    lines = [f"{'device':6}  {'variant':62}  {'us/char':>9}  {'chars/s':>10}  note"]
     for r in rows:
         us = f"{r.us_per_char:9.1f}" if r.us_per_char else f"{'-':>9}"
         cps = f"{r.chars_per_s:10,.0f}" if r.chars_per_s else f"{'-':>10}"
-        lines.append(f"{r.device:6}  {r.variant:58}  {us}  {cps}  {r.note}")
+        lines.append(f"{r.device:6}  {r.variant:62}  {us}  {cps}  {r.note}")
     return "\n".join(lines)
 
 

@@ -156,7 +156,7 @@ def _run(model, prompt, prompt_file, length, temperature, top_k, top_p, seed, nu
     _say(verbose, f"model: {m.dir} ({m.name}: {m.layers} layers x {m.units} units, {len(m.vocab)} characters); "
                   f"file {gen.path.name} sha256 {gen.sha256[:12]}; loaded in {time.perf_counter() - start:.2f} s")
     _say(verbose, f"device: {gen.device} ({', '.join(gen.session.get_providers())})"
-                  + (f"; {gen.device_note}" if gen.device_note else ""))
+                  + (f"; {gen.device_note}" if gen.device_note else "") + f"; {gen.path_note(top_k, top_p)}")
     chunks = gen.stream(text_in, length=length, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
                         stop=stop, num_samples=num_samples, unknown=unknown)
     shown = text_in if unknown == "error" else gen.decode(gen.encode(text_in, unknown))

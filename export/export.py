@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from charlstm.errors import UserError
-from export import step_graph, verify
+from export import burst, step_graph, verify
 from training import corpus, run
 from training.config import ModelConfig, TrainConfig, from_dict
 from training.model import build_model, get_weights, load_checkpoints
@@ -119,6 +119,12 @@ def export_model(model, mc: ModelConfig, vocab: list[str], out: Path, *, name: s
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; a model folder is as readable as any other
     try:
         (tmp / "model.onnx").write_bytes(data)
+        log(f"writing the burst graph ({burst.STEPS} steps a run, sampled in the graph) and checking it")
+        burst_data = burst.write(tmp)
+        manifest["files"][burst.FILE] = {"sha256": sha256_bytes(burst_data), "bytes": len(burst_data)}
+        manifest["burst"] = {"file": burst.FILE, "steps": burst.STEPS, "inputs": burst.BURST_INPUTS,
+                             "outputs": burst.BURST_OUTPUTS}
+        manifest["export"]["burst_parity"] = burst.check(tmp)
         run.write_json(tmp / "model.json", manifest)  # the runtime reads a folder: score this one as it is
         if val_text:
             manifest["evaluation"] = evaluate(tmp, val_text, provenance, log)

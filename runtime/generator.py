@@ -18,8 +18,8 @@ import numpy as np
 
 from runtime.errors import InputError
 from runtime.manifest import Manifest, default_model_dir, load_manifest
-from runtime.sampling import SamplingParams, next_ids, row_generators
-from runtime.session import SessionConfig, check_contract, make_stepper, open_session
+from runtime.sampling import SamplingParams, gumbel_noise, next_ids, row_generators, uniforms
+from runtime.session import SessionConfig, check_burst, check_contract, load_session, make_stepper, open_session
 
 MAX_LENGTH = 10_000_000  # a typo guard: ten million characters is hours of CPU time
 UNKNOWN = ("error", "skip")
@@ -52,15 +52,31 @@ class SearchParams:
 class Generator:
     """A loaded model folder, ready to generate. Errors are InputError / ModelError / DeviceError (UserErrors)."""
 
-    def __init__(self, model_dir=None, device: str = "auto", int8: bool = False, threads: int = 0):
-        config = SessionConfig(device=device, int8=int8, threads=threads)  # bad values fail before any loading
+    def __init__(self, model_dir=None, device: str = "auto", int8: bool = False, threads: int = 0,
+                 burst: bool | None = None, cuda_graph: bool = True):
+        config = SessionConfig(device=device, int8=int8, threads=threads, cuda_graph=cuda_graph)
         self.manifest: Manifest = load_manifest(default_model_dir() if model_dir is None else model_dir)
         self.path: Path = self.manifest.onnx_path(int8)
         self.sha256: str = self.manifest.verify(self.path)
         self.session, self.device, self.device_note = open_session(self.path, config)
         check_contract(self.session, self.manifest, self.path)
-        self.stepper = make_stepper(self.session, self.manifest, self.device)
+        burst_session = None
+        if burst is None:  # on the CPU a burst run saves ~5% a character but its load costs ~0.1-0.2 s
+            burst = self.device == "cuda"
+        if burst and not int8 and self.manifest.burst is not None:  # the burst file reads model.onnx
+            path = self.manifest.burst_path()
+            self.manifest.verify(path)
+            burst_session = load_session(path, config, self.device)
+            check_burst(burst_session, self.manifest, path)
+        self.stepper = make_stepper(self.session, self.manifest, self.device, burst_session, config.cuda_graph)
         self.stoi, self.itos = self.manifest.stoi, self.manifest.vocab
+
+    def path_note(self, top_k=None, top_p=None) -> str:
+        """What the loop will run, for --verbose: the burst graph or one step a run, CUDA graphs or not."""
+        stepper = self.stepper
+        burst = stepper.burst_session is not None and top_k is None and top_p is None
+        how = f"burst graph ({self.manifest.burst.steps} characters a run)" if burst else "one step a run"
+        return how + (", CUDA graphs" if stepper.graphs else "")
 
     # -- stage 1: encode --------------------------------------------------------------------------------------
     def encode(self, text: str, unknown: str = "error") -> np.ndarray:
@@ -114,8 +130,8 @@ class Generator:
         rngs = row_generators(search.seed, n)
         done = [False] * n
         tails = [""] * n  # the last len(stop) characters of each sample, to spot the stop string
-        for t in range(search.length):
-            picked = next_ids(logits, sampling, rngs)  # sample
+
+        def emit(picked: np.ndarray) -> list[str]:
             chunk = []
             for row, i in enumerate(picked):
                 ch = "" if done[row] else self.itos[int(i)]
@@ -123,10 +139,26 @@ class Generator:
                     tails[row] = (tails[row] + ch)[-len(stop):]
                     done[row] = tails[row] == stop
                 chunk.append(ch)
-            yield chunk  # emit
-            if all(done) or t == search.length - 1:
-                return
-            logits = self.stepper.step(picked)  # feed back
+            return chunk
+
+        picked = next_ids(logits, sampling, rngs)  # sample the first character from the primed state
+        yield emit(picked)
+        made = 1
+        burst = self.stepper.burst_session is not None and sampling.plain
+        while made < search.length and not all(done):
+            if burst:  # K steps per run, each sampled in the graph: the same draws as the step loop below
+                steps = self.manifest.burst.steps
+                noise = gumbel_noise(uniforms(rngs, len(self.itos), steps), sampling.temperature)
+                for picked in self.stepper.burst(picked, noise)[:search.length - made]:
+                    yield emit(picked)
+                    made += 1
+                    if all(done):
+                        return
+            else:
+                logits = self.stepper.step(picked)  # feed back
+                picked = next_ids(logits, sampling, rngs)  # sample
+                yield emit(picked)
+                made += 1
 
     def generate(self, prompt: str = "", length: int | None = None, temperature: float | None = None,
                  top_k: int | None = None, top_p: float | None = None, seed: int | None = None,

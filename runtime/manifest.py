@@ -22,6 +22,18 @@ MANIFEST = "model.json"
 DEFAULT_MODEL_ENV = "CHARLSTM_MODEL"
 GRAPH_INPUTS = {"token": "token", "h": "h", "c": "c"}  # the graph contract's names, when the manifest omits them
 GRAPH_OUTPUTS = {"logits": "logits", "h": "h_out", "c": "c_out"}
+BURST_INPUTS = {**GRAPH_INPUTS, "noise": "noise"}  # the burst graph's (export/burst.py), when listed
+BURST_OUTPUTS = {"tokens": "tokens", "h": "h_out", "c": "c_out"}
+
+
+@dataclass(frozen=True)
+class Burst:
+    """The optional burst graph: `steps` characters per run, sampled in the graph (export/burst.py)."""
+
+    file: str
+    steps: int
+    inputs: dict
+    outputs: dict
 
 
 @dataclass(frozen=True)
@@ -39,6 +51,7 @@ class Manifest:
     length: int = 500  # characters to generate when the command line does not say
     files: dict = field(default_factory=dict)  # file name -> {"sha256", "bytes"}
     val_fraction: float | None = None  # the last fraction of the corpus held out in training, if recorded
+    burst: Burst | None = None  # folders exported before the burst graph existed have none
     raw: dict = field(default_factory=dict, repr=False)  # the whole JSON, for free-form sections
 
     @property
@@ -67,6 +80,15 @@ class Manifest:
             raise ModelError(f"{path} has sha256 {digest[:12]}…, but {MANIFEST} records "
                              f"{entry['sha256'][:12]}…: the file was changed or truncated; re-run `charlstm export`")
         return digest
+
+
+    def burst_path(self) -> Path:
+        """The burst graph's file, checked for presence (only called when the manifest lists one)."""
+        path = self.dir / self.burst.file
+        if not path.is_file():
+            raise ModelError(f"{path} does not exist but {MANIFEST} lists it (burst.file): the model folder is "
+                             "incomplete; re-run `charlstm export`")
+        return path
 
 
 def sha256_file(path: Path) -> str:
@@ -134,6 +156,18 @@ def _names(section, defaults: dict, where: str, path: Path) -> dict:
     return {k: section[k] for k in defaults}
 
 
+def _burst(section, path: Path) -> Burst | None:
+    if section is None:
+        return None
+    ok = isinstance(section, dict) and isinstance(section.get("file"), str) and "/" not in section["file"]
+    if not ok:
+        raise ModelError(f"{path}: burst must name its file in this folder (burst.file), got {section!r}: "
+                         "re-run `charlstm export`")
+    return Burst(file=section["file"], steps=_positive_int(section.get("steps"), "burst.steps", path),
+                 inputs=_names(section.get("inputs"), BURST_INPUTS, "burst.inputs", path),
+                 outputs=_names(section.get("outputs"), BURST_OUTPUTS, "burst.outputs", path))
+
+
 def load_manifest(model_dir) -> Manifest:
     """Read and check DIR/model.json. Raises ModelError (a UserError) with one line naming the problem."""
     model_dir = Path(model_dir).expanduser()
@@ -178,5 +212,6 @@ def load_manifest(model_dir) -> Manifest:
         length=length,
         files=data.get("files") if isinstance(data.get("files"), dict) else {},
         val_fraction=float(val_fraction) if isinstance(val_fraction, (int, float)) else None,
+        burst=_burst(data.get("burst"), path),
         raw=data,
     )

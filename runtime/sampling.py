@@ -1,9 +1,10 @@
 """Picking the next character from logits: small pure numpy functions on [batch, vocab] arrays.
 
 As in keras-hub, the temperature is applied once (`softmax(logits / temperature)`), then a strategy only picks:
-greedy (temperature 0), top-k, top-p (nucleus), or a plain draw. Randomness comes in as explicit uniforms, so
-every function here is pure; `row_generators` makes one numpy Generator per batch row from --seed, so a row's
-text depends only on the seed and its row index, not on how many rows run beside it.
+greedy (temperature 0), top-k, top-p (nucleus), or a plain draw (by Gumbel-max, as the burst graph does).
+Randomness comes in as explicit uniforms, so every function here is pure; `row_generators` makes one numpy
+Generator per batch row from --seed, so a row's text depends only on the seed and its row index, not on how
+many rows run beside it.
 """
 
 from __future__ import annotations
@@ -40,6 +41,11 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
+
+    @property
+    def plain(self) -> bool:
+        """Temperature alone (or greedy): what the burst graph samples in the graph."""
+        return self.top_k is None and self.top_p is None
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -91,17 +97,27 @@ def draw(probs: np.ndarray, u: np.ndarray) -> np.ndarray:
     return np.minimum(ids, probs.shape[-1] - 1).astype(np.int64)
 
 
+def gumbel_noise(u: np.ndarray, temperature: float) -> np.ndarray:
+    """temperature * g with g = -log(-log(u)), in float32: what the burst graph adds to the logits.
+
+    u holds uniforms in (0, 1) of any shape. argmax(logits + noise) = argmax(logits / T + g), exactly a draw
+    from softmax(logits / T); temperature 0 gives zeros, so the argmax is greedy.
+    """
+    if temperature == 0:
+        return np.zeros(np.shape(u), np.float32)
+    u = np.clip(np.asarray(u, dtype=np.float64), np.finfo(np.float64).tiny, 1 - 2**-53)  # keep log finite
+    return (temperature * -np.log(-np.log(u))).astype(np.float32)
+
+
 def gumbel_max(logits: np.ndarray, temperature: float, u: np.ndarray) -> np.ndarray:
     """argmax(logits / T + g) with g = -log(-log(u)): exactly a draw from softmax(logits / T).
 
     u holds uniforms in (0, 1), shape [batch, vocab]. Needs no cumulative sum or sort, only an elementwise
-    op and an argmax, which is why it suits sampling on the GPU. Temperature 0 is greedy.
+    op and an argmax, which is why it suits sampling inside the graph. Computed as the burst graph does
+    (float32 logits + gumbel_noise), so a seed picks the same text on the host as in the graph. T 0 is greedy.
     """
-    if temperature == 0:
-        return greedy(logits)
-    u = np.clip(np.asarray(u, dtype=np.float64), np.finfo(np.float64).tiny, 1 - 2**-53)  # keep log finite
-    g = -np.log(-np.log(u))
-    return np.argmax(np.asarray(logits, dtype=np.float64) / temperature + g, axis=-1).astype(np.int64)
+    scored = np.asarray(logits, dtype=np.float32) + gumbel_noise(u, temperature)
+    return np.argmax(scored, axis=-1).astype(np.int64)
 
 
 def row_generators(seed: int | None, rows: int) -> list[np.random.Generator]:
@@ -113,17 +129,26 @@ def row_generators(seed: int | None, rows: int) -> list[np.random.Generator]:
     return [np.random.default_rng(child) for child in children]
 
 
-def uniforms(rngs: list[np.random.Generator], vocab: int | None = None) -> np.ndarray:
-    """One uniform in (0, 1] per row ([batch]), or `vocab` per row ([batch, vocab]) for gumbel_max."""
+def uniforms(rngs: list[np.random.Generator], vocab: int | None = None, steps: int | None = None) -> np.ndarray:
+    """Uniforms in (0, 1], row i from rngs[i]: one per row ([batch]); `vocab` per row ([batch, vocab]) for
+    gumbel_max; or `steps` such sets ([steps, batch, vocab]) for a burst, the same numbers as `steps` calls."""
     if vocab is None:
         return np.array([1.0 - r.random() for r in rngs])  # random() is in [0, 1): flip to exclude 0
-    return np.stack([1.0 - r.random(vocab) for r in rngs])
+    if steps is None:
+        return np.stack([1.0 - r.random(vocab) for r in rngs])
+    return np.stack([1.0 - r.random((steps, vocab)) for r in rngs], axis=1)
 
 
 def next_ids(logits: np.ndarray, params: SamplingParams, rngs: list[np.random.Generator]) -> np.ndarray:
-    """The sampler: temperature once, then top-k, then top-p, then a draw. Returns int64 ids, shape [batch]."""
+    """The sampler: temperature once, then top-k, then top-p, then a draw. Returns int64 ids, shape [batch].
+
+    Plain temperature sampling draws by Gumbel-max, as the burst graph does, so the step loop and the burst
+    loop give the same text for a seed; top-k and top-p draw by the inverse CDF of the filtered softmax.
+    """
     if params.greedy:
         return greedy(logits)
+    if params.plain:
+        return gumbel_max(logits, params.temperature, uniforms(rngs, logits.shape[-1]))
     probs = softmax(logits, params.temperature)
     if params.top_k is not None:
         probs = top_k_filter(probs, int(params.top_k))

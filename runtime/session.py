@@ -36,6 +36,7 @@ class SessionConfig:
     int8: bool = False  # model.int8.onnx: 8-bit MatMulNBits, a CPU-only speed-up
     threads: int = 0  # intra-op threads; 0 = one per core: 1.3-2.2x faster than 1 on an idle 2-core machine
     spinning: bool = False  # idle workers spinning between steps cost 2-3x when other work shares the cores
+    cuda_graph: bool = True  # CUDA only: replay each step as a captured CUDA graph (see BoundStepper)
     log_severity: int = 4  # 4 = fatal only: a failed CUDA start must not spill ORT log lines onto stderr
 
     def __post_init__(self):
@@ -85,13 +86,7 @@ def open_session(path: Path, config: SessionConfig) -> tuple[ort.InferenceSessio
         said = _preload_cuda()
         note = said.splitlines()[0] if said else ""
         ort.set_default_logger_severity(config.log_severity)  # a failed CUDA start logs on the default logger
-    providers = [CUDA, CPU] if want_cuda else [CPU]
-    try:
-        session = ort.InferenceSession(str(path), _options(config), providers=providers)
-    except Exception as e:  # noqa: BLE001 - ORT raises its own types (InvalidProtobuf, Fail, ...)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
-        raise ModelError(f"ONNX Runtime cannot load {path} ({first[:200]}): the file is damaged or not a "
-                         "charlstm step model; re-run `charlstm export`") from None
+    session = load_session(path, config, "cuda" if want_cuda else "cpu")
     if want_cuda and session.get_providers()[0] != CUDA:
         if config.device == "cuda":
             detail = f" ({note})" if note else ""
@@ -100,6 +95,26 @@ def open_session(path: Path, config: SessionConfig) -> tuple[ort.InferenceSessio
         note = f"CUDA did not start ({note or 'no GPU or CUDA libraries'}); using the CPU"
     device = "cuda" if session.get_providers()[0] == CUDA else "cpu"
     return session, device, note
+
+
+def load_session(path: Path, config: SessionConfig, device: str) -> ort.InferenceSession:
+    """An InferenceSession on CUDA (with the CPU as ONNX Runtime's fallback) or on the CPU alone."""
+    cuda = (CUDA, {"enable_cuda_graph": "1"}) if config.cuda_graph else CUDA
+    providers = [cuda, CPU] if device == "cuda" else [CPU]
+    try:
+        return ort.InferenceSession(str(path), _options(config), providers=providers)
+    except Exception as e:  # noqa: BLE001 - ORT raises its own types (InvalidProtobuf, Fail, ...)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
+        raise ModelError(f"ONNX Runtime cannot load {path} ({first[:200]}): the file is damaged or not a "
+                         "charlstm model graph; re-run `charlstm export`") from None
+
+
+def no_graph() -> ort.RunOptions:
+    """Run options for a plain run on a session that captures CUDA graphs: this run is neither captured nor
+    replayed (a probe with host arrays must not become a graph)."""
+    options = ort.RunOptions()
+    options.add_run_config_entry("gpu_graph_id", "-1")
+    return options
 
 
 class Stepper:
@@ -121,57 +136,125 @@ class Stepper:
         """Feed one id per row; returns logits [batch, vocab] and keeps the new state."""
         token, h, c = self.feeds
         logits, self.h, self.c = self.session.run(self.fetches, {token: ids.astype(np.int64, copy=False),
-                                                                 h: self.h, c: self.c})
+                                                                 h: self.h, c: self.c}, no_graph())
         return logits
+
+
+@dataclass
+class _Slot:
+    """One batch size's device buffers and bindings. Kept for the stepper's life: a captured CUDA graph
+    replays on these very addresses."""
+
+    index: int
+    states: list  # two (h, c) sets: step k reads set k, writes set 1 - k
+    token: ort.OrtValue
+    logits: ort.OrtValue
+    bindings: list
+    options: list  # RunOptions per state set: which captured CUDA graph to replay
+    noise: ort.OrtValue | None = None  # the burst graph's inputs and outputs
+    tokens: ort.OrtValue | None = None
+    burst_bindings: list | None = None
+    burst_options: list | None = None
 
 
 class BoundStepper(Stepper):
     """The generate path: IOBinding with ping-pong state buffers, so h and c never leave the device.
 
-    Works on any ORT device: "cuda", or "cpu" (host buffers, still bound once).
+    Works on any ORT device: "cuda", or "cpu" (host buffers, still bound once). With `graphs` (CUDA only),
+    each state set gets its own captured CUDA graph, chosen by the run option gpu_graph_id: a step is then one
+    graph replay plus the token upload and the logits download. With a burst session (export/burst.py) it also
+    runs `burst`: K steps per run, sampled in the graph, on the same state buffers.
     """
 
-    def __init__(self, session: ort.InferenceSession, manifest: Manifest, device: str = "cuda"):
+    def __init__(self, session: ort.InferenceSession, manifest: Manifest, device: str = "cuda",
+                 burst: ort.InferenceSession | None = None, graphs: bool = False):
         super().__init__(session, manifest)
-        self.device = device
+        self.device, self.burst_session, self.graphs = device, burst, graphs and device == "cuda"
+        self.slots: dict[int, _Slot] = {}
 
-    def _value(self, array: np.ndarray) -> ort.OrtValue:
+    def _value(self, array: np.ndarray, device: str | None = None) -> ort.OrtValue:
         """A buffer of its own on the device, filled with `array`. (ortvalue_from_numpy on the CPU would wrap
         the numpy memory instead of copying it: buffers made from one array would alias.)"""
-        value = ort.OrtValue.ortvalue_from_shape_and_type(list(array.shape), array.dtype, self.device, 0)
+        value = ort.OrtValue.ortvalue_from_shape_and_type(list(array.shape), array.dtype, device or self.device, 0)
         value.update_inplace(array)
         return value
 
     def reset(self, batch: int) -> None:
         self.batch = batch
-        zeros = np.zeros((self.m.layers, batch, self.m.units), np.float32)
-        self.states = [(self._value(zeros), self._value(zeros)) for _ in range(2)]
-        self.token = self._value(np.zeros(batch, np.int64))
-        # logits land in host memory: the only copy back per step
-        self.logits = ort.OrtValue.ortvalue_from_shape_and_type([batch, len(self.m.vocab)], np.float32, "cpu", 0)
-        self.bindings = [self._bind(k) for k in (0, 1)]
-        self.k = 0  # which state set is read on the next step
+        slot = self.slots.get(batch)
+        if slot is None:
+            slot = self.slots[batch] = self._slot(batch, len(self.slots))
+        else:
+            zeros = np.zeros((self.m.layers, batch, self.m.units), np.float32)
+            for value in (v for pair in slot.states for v in pair):
+                value.update_inplace(zeros)
+        self.slot, self.k = slot, 0  # k: which state set is read on the next step
 
-    def _bind(self, k: int) -> ort.IOBinding:
+    def _slot(self, batch: int, index: int) -> _Slot:
+        zeros = np.zeros((self.m.layers, batch, self.m.units), np.float32)
+        # outputs the host reads land in host memory, unless a CUDA graph needs every address on the device
+        out = self.device if self.graphs else "cpu"
+        slot = _Slot(index=index, states=[(self._value(zeros), self._value(zeros)) for _ in range(2)],
+                     token=self._value(np.zeros(batch, np.int64)),
+                     logits=self._value(np.zeros((batch, len(self.m.vocab)), np.float32), out),
+                     bindings=[], options=[])
         token, h, c = self.feeds
-        binding = self.session.io_binding()
-        binding.bind_ortvalue_input(token, self.token)
-        binding.bind_ortvalue_input(h, self.states[k][0])
-        binding.bind_ortvalue_input(c, self.states[k][1])
-        binding.bind_ortvalue_output(self.fetches[0], self.logits)
-        binding.bind_ortvalue_output(self.fetches[1], self.states[1 - k][0])
-        binding.bind_ortvalue_output(self.fetches[2], self.states[1 - k][1])
-        return binding
+        for k in (0, 1):
+            b = self.session.io_binding()
+            b.bind_ortvalue_input(token, slot.token)
+            b.bind_ortvalue_input(h, slot.states[k][0])
+            b.bind_ortvalue_input(c, slot.states[k][1])
+            b.bind_ortvalue_output(self.fetches[0], slot.logits)
+            b.bind_ortvalue_output(self.fetches[1], slot.states[1 - k][0])
+            b.bind_ortvalue_output(self.fetches[2], slot.states[1 - k][1])
+            slot.bindings.append(b)
+            slot.options.append(self._graph_option(2 * index + k))
+        if self.burst_session is not None:
+            spec = self.m.burst
+            slot.noise = self._value(np.zeros((spec.steps, batch, len(self.m.vocab)), np.float32))
+            slot.tokens = self._value(np.zeros((spec.steps, batch), np.int64), out)
+            slot.burst_bindings, slot.burst_options = [], []
+            for k in (0, 1):
+                b = self.burst_session.io_binding()
+                b.bind_ortvalue_input(spec.inputs["token"], slot.token)
+                b.bind_ortvalue_input(spec.inputs["h"], slot.states[k][0])
+                b.bind_ortvalue_input(spec.inputs["c"], slot.states[k][1])
+                b.bind_ortvalue_input(spec.inputs["noise"], slot.noise)
+                b.bind_ortvalue_output(spec.outputs["tokens"], slot.tokens)
+                b.bind_ortvalue_output(spec.outputs["h"], slot.states[1 - k][0])
+                b.bind_ortvalue_output(spec.outputs["c"], slot.states[1 - k][1])
+                slot.burst_bindings.append(b)
+                slot.burst_options.append(self._graph_option(2 * index + k))
+        return slot
+
+    def _graph_option(self, graph_id: int) -> ort.RunOptions | None:
+        if not self.graphs:
+            return None
+        options = ort.RunOptions()
+        options.add_run_config_entry("gpu_graph_id", str(graph_id))
+        return options
 
     def step(self, ids: np.ndarray) -> np.ndarray:
-        self.token.update_inplace(np.ascontiguousarray(ids, dtype=np.int64))
-        self.session.run_with_iobinding(self.bindings[self.k])
+        slot = self.slot
+        slot.token.update_inplace(np.ascontiguousarray(ids, dtype=np.int64))
+        self.session.run_with_iobinding(slot.bindings[self.k], slot.options[self.k])
         self.k = 1 - self.k
-        return np.array(self.logits.numpy(), copy=True)  # the buffer is rewritten by the next step
+        return np.array(slot.logits.numpy(), copy=True)  # the buffer is rewritten by the next step
+
+    def burst(self, ids: np.ndarray, noise: np.ndarray) -> np.ndarray:
+        """Feed the last ids [batch]; run the burst graph's K steps with noise [K, batch, vocab] (see
+        sampling.gumbel_noise); returns the K picked ids per row, [K, batch]. The state advances K steps."""
+        slot = self.slot
+        slot.token.update_inplace(np.ascontiguousarray(ids, dtype=np.int64))
+        slot.noise.update_inplace(np.ascontiguousarray(noise, dtype=np.float32))
+        self.burst_session.run_with_iobinding(slot.burst_bindings[self.k], slot.burst_options[self.k])
+        self.k = 1 - self.k
+        return np.array(slot.tokens.numpy(), copy=True)
 
 
-def make_stepper(session: ort.InferenceSession, manifest: Manifest, device: str) -> Stepper:
-    return BoundStepper(session, manifest, "cuda" if device == "cuda" else "cpu")
+def make_stepper(session: ort.InferenceSession, manifest: Manifest, device: str,
+                 burst: ort.InferenceSession | None = None, graphs: bool = False) -> BoundStepper:
+    return BoundStepper(session, manifest, "cuda" if device == "cuda" else "cpu", burst, graphs)
 
 
 def check_contract(session: ort.InferenceSession, manifest: Manifest, path: Path) -> None:
@@ -195,3 +278,27 @@ def check_contract(session: ort.InferenceSession, manifest: Manifest, path: Path
         raise ModelError(f"{path} gives logits of width {logits.shape[-1]} and state {list(probe.h.shape)}, but "
                          f"model.json has {len(manifest.vocab)} vocab characters and [{manifest.layers}, 1, "
                          f"{manifest.units}]: the files come from different models; re-run `charlstm export`")
+
+
+def check_burst(session: ort.InferenceSession, manifest: Manifest, path: Path) -> None:
+    """The burst graph has the names model.json lists, and one probe run gives [steps, 1] ids in the vocabulary."""
+    spec = manifest.burst
+    have_in = {i.name for i in session.get_inputs()}
+    have_out = {o.name for o in session.get_outputs()}
+    missing = [n for n in spec.inputs.values() if n not in have_in]
+    missing += [n for n in spec.outputs.values() if n not in have_out]
+    if missing:
+        raise ModelError(f"{path} lacks the graph names {missing} that model.json lists under burst: "
+                         "re-run `charlstm export`")
+    zeros = np.zeros((manifest.layers, 1, manifest.units), np.float32)
+    feeds = {spec.inputs["token"]: np.zeros(1, np.int64), spec.inputs["h"]: zeros, spec.inputs["c"]: zeros,
+             spec.inputs["noise"]: np.zeros((spec.steps, 1, len(manifest.vocab)), np.float32)}
+    try:
+        (tokens,) = session.run([spec.outputs["tokens"]], feeds, no_graph())
+    except Exception as e:  # noqa: BLE001 - a shape mismatch surfaces as an ORT runtime error
+        first = str(e).strip().splitlines()[0][:200]
+        raise ModelError(f"{path} does not run with the shapes model.json gives ({first}): "
+                         "re-run `charlstm export`") from None
+    if tokens.shape != (spec.steps, 1) or not 0 <= int(tokens.min()) <= int(tokens.max()) < len(manifest.vocab):
+        raise ModelError(f"{path} gives ids of shape {list(tokens.shape)}, but model.json has burst.steps "
+                         f"{spec.steps} and {len(manifest.vocab)} vocab characters: re-run `charlstm export`")

@@ -104,8 +104,9 @@ def file_entry(path: Path) -> dict:
 
 
 def make_model_dir(path, vocab=None, layers: int = 1, units: int = 16, embedding_dim: int = 8,
-                   seed: int = 0, int8: bool = False) -> Path:
-    """Write model.onnx (+ model.int8.onnx when int8) and model.json into `path`; returns the folder."""
+                   seed: int = 0, int8: bool = False, burst: bool = True) -> Path:
+    """Write model.onnx (+ model.int8.onnx when int8, + model.burst.onnx when burst) and model.json into
+    `path`, as `charlstm export` would; returns the folder."""
     vocab = list(SHAKESPEARE_VOCAB if vocab is None else vocab)
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
@@ -117,6 +118,14 @@ def make_model_dir(path, vocab=None, layers: int = 1, units: int = 16, embedding
 
         write_nbits(out / "model.onnx", out / "model.int8.onnx")
         files["model.int8.onnx"] = file_entry(out / "model.int8.onnx")
+    extra = {}
+    if burst:
+        from export import burst as burst_graph  # what `charlstm export` writes (imports no TensorFlow)
+
+        burst_graph.write(out)
+        files[burst_graph.FILE] = file_entry(out / burst_graph.FILE)
+        extra["burst"] = {"file": burst_graph.FILE, "steps": burst_graph.STEPS, "inputs": burst_graph.BURST_INPUTS,
+                          "outputs": burst_graph.BURST_OUTPUTS}
     parameters = sum(int(np.prod(t.dims)) for t in model.graph.initializer if t.data_type == TensorProto.FLOAT)
     manifest = {
         "format": "charlstm-model",
@@ -131,6 +140,7 @@ def make_model_dir(path, vocab=None, layers: int = 1, units: int = 16, embedding
         "files": files,
         "split": {"val_fraction": 0.1},
         "provenance": {"source": "tests/onnx_fixture.py", "seed": seed},
+        **extra,
     }
     (out / "model.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return out

@@ -120,10 +120,12 @@ def test_gpu_script_checks_itself_on_the_cpu(model_dir):
     p = gpu_script("--model", model_dir, "--device", "cpu", "--steps", 5, "--repeats", 1)
     assert p.returncode == 0, p.stderr
     lines = p.stdout.strip().splitlines()
-    assert lines[0].startswith("device") and len(lines) == 5  # header + step and loop rows at batch 1 and 64
-    for line in lines[1:]:  # "... batch 64   12.3   81,300  note": µs per character, characters per second
+    timed = [line for line in lines if " batch " in line]  # step, burst and the two loops at batch 1 and 64
+    assert lines[0].startswith("device") and len(timed) == 8, p.stdout
+    for line in timed:  # "... batch 64   12.3   81,300  note": µs per character, characters per second
         us, per_s = re.search(r"batch (?:1|64)\s+([\d,.]+)\s+([\d,]+)", line).groups()
         assert float(us.replace(",", "")) > 0 and int(per_s.replace(",", "")) > 0, line
+    assert any("burst text vs step text" in line and "200/200 characters equal" in line for line in lines)
 
 
 def test_gpu_script_skips_or_runs(model_dir):

@@ -44,6 +44,10 @@ def test_graph_contract(request, fixture):
                                                   "c": np.zeros((layers, 3, units), np.float32)})
     assert logits.shape == (3, vocab) and h.shape == c.shape == (layers, 3, units)
     assert len(manifest["vocab"]) == vocab and manifest["files"]["model.onnx"]["sha256"]
+    # the burst graph ships beside it, checked at export against the step graph, its weights read from model.onnx
+    assert manifest["burst"]["file"] == "model.burst.onnx" and manifest["files"]["model.burst.onnx"]["sha256"]
+    assert manifest["export"]["burst_parity"]["max_pick_gap"] <= 1e-4
+    assert (model_dir / "model.burst.onnx").stat().st_size < (model_dir / "model.onnx").stat().st_size
 
 
 @pytest.mark.parametrize("run_fixture, model_fixture", [("tiny_run", "tiny_model"), ("tiny_run2", "tiny_model2")])

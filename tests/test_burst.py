@@ -1,0 +1,106 @@
+"""The burst graph (export/burst.py): 16 steps a run, sampled in the graph, on a tiny real model.
+
+It must pick what the step graph picks from the same noise, carry the same state, hold no weights of its own,
+and give `Generator` the same text for a seed as the step loop.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from export import burst
+from runtime import Generator, ModelError, load_manifest
+from runtime.sampling import gumbel_max, gumbel_noise, row_generators, uniforms
+from tests.onnx_fixture import make_model_dir
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return make_model_dir(tmp_path_factory.mktemp("burst") / "fixture", layers=2, units=32)
+
+
+@pytest.fixture(scope="module")
+def both(model_dir):
+    return Generator(model_dir, device="cpu", burst=True), Generator(model_dir, device="cpu", burst=False)
+
+
+def test_burst_picks_and_state_match_the_step_graph(model_dir):
+    figures = burst.check(model_dir, runs=3, batch=3, temperature=0.8)
+    assert figures["characters"] == 3 * 16 * 3
+    assert figures["max_pick_gap"] <= 1e-4 and figures["max_abs_state_diff"] <= 1e-4
+
+
+def test_burst_file_holds_no_weights_of_its_own(model_dir):
+    step_bytes = (model_dir / "model.onnx").stat().st_size
+    assert (model_dir / burst.FILE).stat().st_size < step_bytes  # the graph only: weights point into model.onnx
+    m = load_manifest(model_dir)
+    assert (m.burst.file, m.burst.steps, m.burst.inputs["noise"]) == (burst.FILE, burst.STEPS, "noise")
+    assert m.verify(m.burst_path()) == m.files[burst.FILE]["sha256"]
+
+
+@pytest.mark.parametrize("kwargs", [dict(seed=1, length=200), dict(seed=2, length=37, num_samples=3),
+                                    dict(seed=3, length=17, temperature=0), dict(seed=4, length=1),
+                                    dict(seed=5, length=300, stop="e ", num_samples=2),
+                                    dict(seed=6, length=50, temperature=1.5, prompt="")])
+def test_burst_text_equals_the_step_loop_text(both, kwargs):
+    fast, slow = both
+    prompt = kwargs.pop("prompt", "ROMEO:")
+    assert fast.stepper.burst_session is not None and slow.stepper.burst_session is None
+    a, b = fast.generate(prompt, **kwargs), slow.generate(prompt, **kwargs)
+    assert a == b
+    texts = a if isinstance(a, list) else [a]
+    assert all(len(t) <= kwargs["length"] for t in texts) and any(t for t in texts)
+    if "stop" in kwargs:  # a sample ends at its stop string, mid-burst
+        assert all(t.endswith("e ") or len(t) == kwargs["length"] for t in texts)
+
+
+def test_top_k_and_top_p_use_the_step_graph(both):
+    fast, slow = both
+    assert "burst graph (16 characters a run)" in fast.path_note()
+    assert fast.path_note(top_k=5) == "one step a run" and slow.path_note() == "one step a run"
+    assert fast.generate("A", length=40, seed=1, top_k=5) == slow.generate("A", length=40, seed=1, top_k=5)
+
+
+def test_cpu_default_skips_the_burst_graph(model_dir):
+    gen = Generator(model_dir, device="cpu")  # its load costs more than it saves on a short CPU run
+    assert gen.stepper.burst_session is None
+
+
+def test_host_gumbel_is_the_graph_formula():
+    rngs = row_generators(0, 2)
+    u = uniforms(rngs, 5, steps=3)
+    assert u.shape == (3, 2, 5) and u.min() > 0 and u.max() <= 1
+    again = row_generators(0, 2)
+    assert np.array_equal(u[1], uniforms(again[:2], 5, steps=2)[1])  # steps draws = steps single draws
+    logits = np.array([[0.0, 3.0, 1.0, 0.5, -1.0]] * 2, np.float32)
+    noise = gumbel_noise(u[0], 0.7)
+    assert noise.dtype == np.float32 and np.array_equal(gumbel_max(logits, 0.7, u[0]), np.argmax(logits + noise, -1))
+    assert not gumbel_noise(u[0], 0).any()
+
+
+def test_missing_or_changed_burst_file_is_one_line(tmp_path, model_dir):
+    folder = tmp_path / "m"
+    shutil.copytree(model_dir, folder)
+    (folder / burst.FILE).write_bytes(b"not onnx")
+    with pytest.raises(ModelError, match="model.burst.onnx has sha256 .* re-run `charlstm export`"):
+        Generator(folder, device="cpu", burst=True)
+    (folder / burst.FILE).unlink()
+    with pytest.raises(ModelError, match="does not exist but model.json lists it"):
+        Generator(folder, device="cpu", burst=True)
+    assert Generator(folder, device="cpu").generate("A", length=5, seed=1)  # the CPU default does not need it
+    manifest = json.loads((folder / "model.json").read_text())
+    manifest["burst"]["file"] = "../elsewhere.onnx"
+    (folder / "model.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelError, match="burst must name its file in this folder"):
+        load_manifest(folder)
+
+
+def test_folders_without_a_burst_graph_still_generate(tmp_path):
+    folder = make_model_dir(tmp_path / "old", burst=False)  # exported before the burst graph existed
+    gen = Generator(folder, device="cpu", burst=True)
+    assert gen.manifest.burst is None and gen.stepper.burst_session is None
+    assert len(gen.generate("A", length=20, seed=1)) == 20
