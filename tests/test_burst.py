@@ -10,6 +10,7 @@ import json
 import shutil
 
 import numpy as np
+import onnx
 import pytest
 
 from export import burst
@@ -35,8 +36,10 @@ def test_burst_picks_and_state_match_the_step_graph(model_dir):
 
 
 def test_burst_file_holds_no_weights_of_its_own(model_dir):
-    step_bytes = (model_dir / "model.onnx").stat().st_size
-    assert (model_dir / burst.FILE).stat().st_size < step_bytes  # the graph only: weights point into model.onnx
+    graph = onnx.load(model_dir / burst.FILE, load_external_data=False)
+    linked = [t for t in graph.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    assert linked and all(e.value == "model.onnx" for t in linked for e in t.external_data if e.key == "location")
+    assert all(len(t.raw_data) < burst.LINK_MIN_BYTES for t in graph.graph.initializer if t not in linked)
     m = load_manifest(model_dir)
     assert (m.burst.file, m.burst.steps, m.burst.inputs["noise"]) == (burst.FILE, burst.STEPS, "noise")
     assert m.verify(m.burst_path()) == m.files[burst.FILE]["sha256"]
