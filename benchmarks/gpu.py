@@ -65,6 +65,10 @@ def measure(model_dir: Path, device: str = "cuda", steps: int = 500, repeats: in
     fast = Generator(model_dir, device=device)  # what charlstm generate runs: burst and graphs on CUDA
     dev = fast.device
     graphs = " + CUDA graphs" if dev == "cuda" else ""
+    bursts = [None, None]  # the burst graph's stepper without and with CUDA graphs (CUDA only for the second)
+    if fast.manifest.burst is not None:
+        bursts[0] = Generator(model_dir, device=device, burst=True, cuda_graph=False).stepper
+        bursts[1] = fast.stepper if dev == "cuda" else None
     for batch in BATCHES:
         ids = np.zeros(batch, np.int64)
         plain.stepper.reset(batch)
@@ -73,13 +77,13 @@ def measure(model_dir: Path, device: str = "cuda", steps: int = 500, repeats: in
             fast.stepper.reset(batch)
             timed_row(f"step, IOBinding{graphs}, batch {batch}", lambda: fast.stepper.step(ids), steps, batch)
         if fast.manifest.burst is not None:
-            stepper = fast.stepper if fast.stepper.burst_session is not None else \
-                Generator(model_dir, device=device, burst=True).stepper
             k = fast.manifest.burst.steps
             noise = np.zeros((k, batch, len(fast.itos)), np.float32)
-            stepper.reset(batch)
-            timed_row(f"burst ({k} steps a run, sampled in the graph){graphs}, batch {batch}",
-                      lambda: stepper.burst(ids, noise), max(1, steps // k), k * batch)
+            for label, stepper in ((f"burst ({k} steps a run, sampled in the graph), batch {batch}", bursts[0]),
+                                   (f"burst{graphs}, batch {batch}", bursts[1])):
+                if stepper is not None:
+                    stepper.reset(batch)
+                    timed_row(label, lambda: stepper.burst(ids, noise), max(1, steps // k), k * batch)
         for name, top_k in (("generate loop (charlstm generate)", None),
                             ("generate loop, step path (--top-k)", len(fast.itos))):
             timed_row(f"{name}, batch {batch}", lambda: fast.generate("", length=steps, seed=0, num_samples=batch,

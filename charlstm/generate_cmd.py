@@ -157,8 +157,8 @@ def _run(model, prompt, prompt_file, length, temperature, top_k, top_p, seed, nu
                   f"file {gen.path.name} sha256 {gen.sha256[:12]}; loaded in {time.perf_counter() - start:.2f} s")
     _say(verbose, f"device: {gen.device} ({', '.join(gen.session.get_providers())})"
                   + (f"; {gen.device_note}" if gen.device_note else "") + f"; {gen.path_note(top_k, top_p)}")
-    chunks = gen.stream(text_in, length=length, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                        stop=stop, num_samples=num_samples, unknown=unknown)
+    chunks = gen.chunks(text_in, length=length, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                        stop=stop, num_samples=num_samples, unknown=unknown)  # a list of strings per run
     shown = text_in if unknown == "error" else gen.decode(gen.encode(text_in, unknown))
     texts: list[list[str]] = [[] for _ in range(num_samples)]
     interrupted = False
@@ -167,9 +167,8 @@ def _run(model, prompt, prompt_file, length, temperature, top_k, top_p, seed, nu
         if stream:
             _write(_header(0, num_samples) + shown)
         for chunk in chunks:
-            chunk = [chunk] if num_samples == 1 else chunk
-            for row, ch in enumerate(chunk):
-                texts[row].append(ch)
+            for row, text in enumerate(chunk):
+                texts[row].append(text)
             if stream and chunk[0]:
                 _write(chunk[0])
     except KeyboardInterrupt:

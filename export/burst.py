@@ -33,18 +33,93 @@ FILE = "model.burst.onnx"
 LINK_MIN_BYTES = 1024  # smaller constants stay inline: not worth a file read each
 
 
+def _consts(g: onnx.GraphProto) -> dict[str, np.ndarray]:
+    return {t.name: numpy_helper.to_array(t) for t in g.initializer}
+
+
+def _layer_reads(g: onnx.GraphProto, state: str, layers: int) -> dict[int, str] | None:
+    """layer -> the tensor [batch, units] the step reads state[layer] into: Slice or Gather on axis 0 of the
+    state input, then Squeeze. None when the step reads its state some other way."""
+    consts, found = _consts(g), {}
+    squeezes = {n.input[0]: n for n in g.node if n.op_type == "Squeeze"}
+    for n in g.node:
+        if not n.input or n.input[0] != state:
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        try:
+            if n.op_type == "Slice":
+                start, stop = int(consts[n.input[1]][0]), int(consts[n.input[2]][0])
+                axes = consts[n.input[3]].tolist() if len(n.input) > 3 else [0]
+                layer = start if (axes == [0] and stop == start + 1) else None
+            elif n.op_type == "Gather" and attrs.get("axis", 0) == 0 and consts[n.input[1]].shape == (1,):
+                layer = int(consts[n.input[1]][0])
+            else:
+                return None
+        except KeyError:  # not a constant index
+            return None
+        squeeze = squeezes.get(n.output[0])
+        if layer is None or squeeze is None:
+            return None
+        found[layer] = squeeze.output[0]
+    return found if sorted(found) == list(range(layers)) else None
+
+
+def _layer_writes(g: onnx.GraphProto, state_out: str) -> list[str] | None:
+    """The per-layer tensors [batch, units] that Unsqueeze + Concat(axis 0) stack into a state output."""
+    producer = {o: n for n in g.node for o in n.output}
+    concat = producer.get(state_out)
+    if concat is None or concat.op_type != "Concat":
+        return None
+    parts = []
+    for x in concat.input:
+        u = producer.get(x)
+        if u is None or u.op_type != "Unsqueeze":
+            return None
+        parts.append(u.input[0])
+    return parts
+
+
+def _prune(nodes: list, outputs: list[str]) -> list:
+    """Drop nodes whose outputs nothing reads (walking back from the graph outputs)."""
+    needed, kept = set(outputs), []
+    for n in reversed(nodes):
+        if any(o in needed for o in n.output):
+            kept.append(n)
+            needed.update(n.input)
+    return kept[::-1]
+
+
 def unroll(step: onnx.ModelProto, steps: int = STEPS) -> onnx.ModelProto:
-    """The step graph chained `steps` times with a Gumbel-max pick between steps (see the module docstring)."""
+    """The step graph chained `steps` times with a Gumbel-max pick between steps (see the module docstring).
+
+    Between steps the state stays per layer: step k reads the tensors step k-1 computed, not a stacked
+    [layers, batch, units] copy sliced apart again, and the noise is split once, so on a GPU a step launches
+    fewer small kernels. Only the last step stacks h and c into the outputs.
+    """
     g = step.graph
     shared = {t.name for t in g.initializer}
     vocab = next(o for o in g.output if o.name == OUTPUTS["logits"]).type.tensor_type.shape.dim[1].dim_value
-    nodes, extra, picks = [], [], []
-    token, h, c = INPUTS["token"], INPUTS["h"], INPUTS["c"]
+    layers = next(i for i in g.input if i.name == INPUTS["h"]).type.tensor_type.shape.dim[0].dim_value
+    reads = [_layer_reads(g, INPUTS[s], layers) for s in ("h", "c")]
+    writes = [_layer_writes(g, OUTPUTS[s]) for s in ("h", "c")]
+    short_circuit = all(r is not None for r in reads) and all(w is not None for w in writes)
+    noise = [f"noise/s{k}" for k in range(steps)]
+    nodes = [helper.make_node("Split", ["noise"], noise, axis=0, name="noise/split", **(
+        {"num_outputs": steps} if max(o.version for o in step.opset_import if o.domain in ("", "ai.onnx")) >= 18
+        else {}))]
+    extra, picks = [numpy_helper.from_array(np.array([0], np.int64), "burst/axis0")], []
+    token = INPUTS["token"]
     for k in range(steps):
-        wire = {INPUTS["token"]: token, INPUTS["h"]: h, INPUTS["c"]: c}
+        wire = {INPUTS["token"]: token}
+        if k > 0:  # the stacked state, for any reader other than the per-layer ones (kept only if read)
+            wire.update({INPUTS["h"]: f"{OUTPUTS['h']}/s{k - 1}", INPUTS["c"]: f"{OUTPUTS['c']}/s{k - 1}"})
+        if k > 0 and short_circuit:  # read the previous step's per-layer tensors directly
+            for r, w in zip(reads, writes):
+                wire.update({r[i]: f"{w[i]}/s{k - 1}" for i in range(layers)})
 
         def name(x: str, k=k, wire=wire) -> str:
-            return x if (x == "" or x in shared) else wire.get(x, f"{x}/s{k}")
+            return x if (x == "" or x in shared or (k == 0 and x in (INPUTS["h"], INPUTS["c"]))) \
+                else wire.get(x, f"{x}/s{k}")
 
         for j, n in enumerate(g.node):
             copy = onnx.NodeProto()
@@ -54,20 +129,19 @@ def unroll(step: onnx.ModelProto, steps: int = STEPS) -> onnx.ModelProto:
             copy.input.extend(name(x) for x in n.input)
             copy.output.extend(f"{x}/s{k}" for x in n.output)
             nodes.append(copy)
-        index = f"burst/k{k}"
-        extra.append(numpy_helper.from_array(np.array(k, np.int64), index))
-        nodes += [helper.make_node("Gather", ["noise", index], [f"noise/s{k}"], axis=0, name=f"noise/s{k}"),
-                  helper.make_node("Add", [f"{OUTPUTS['logits']}/s{k}", f"noise/s{k}"], [f"scored/s{k}"],
+        # noise/s{k} is [1, batch, vocab]: the sum broadcasts to [1, batch, vocab], its argmax is a [1, batch] row
+        nodes += [helper.make_node("Add", [f"{OUTPUTS['logits']}/s{k}", noise[k]], [f"scored/s{k}"],
                                    name=f"scored/s{k}"),
-                  helper.make_node("ArgMax", [f"scored/s{k}"], [f"pick/s{k}"], axis=-1, keepdims=0,
+                  helper.make_node("ArgMax", [f"scored/s{k}"], [f"row/s{k}"], axis=-1, keepdims=0,
                                    name=f"pick/s{k}"),
-                  helper.make_node("Unsqueeze", [f"pick/s{k}", "burst/axis0"], [f"row/s{k}"], name=f"row/s{k}")]
-        token, h, c = f"pick/s{k}", f"{OUTPUTS['h']}/s{k}", f"{OUTPUTS['c']}/s{k}"
+                  helper.make_node("Squeeze", [f"row/s{k}", "burst/axis0"], [f"pick/s{k}"], name=f"token/s{k}")]
+        token = f"pick/s{k}"
         picks.append(f"row/s{k}")
-    extra.append(numpy_helper.from_array(np.array([0], np.int64), "burst/axis0"))
+    last = steps - 1
     nodes += [helper.make_node("Concat", picks, [BURST_OUTPUTS["tokens"]], axis=0, name="tokens"),
-              helper.make_node("Identity", [h], [BURST_OUTPUTS["h"]], name="h_out"),
-              helper.make_node("Identity", [c], [BURST_OUTPUTS["c"]], name="c_out")]
+              helper.make_node("Identity", [f"{OUTPUTS['h']}/s{last}"], [BURST_OUTPUTS["h"]], name="h_out"),
+              helper.make_node("Identity", [f"{OUTPUTS['c']}/s{last}"], [BURST_OUTPUTS["c"]], name="c_out")]
+    nodes = _prune(nodes, list(BURST_OUTPUTS.values()))
     state_in = [i for i in g.input if i.name in (INPUTS["h"], INPUTS["c"])]
     state_out = [o for o in g.output if o.name in (OUTPUTS["h"], OUTPUTS["c"])]
     inputs = [next(i for i in g.input if i.name == INPUTS["token"]), *state_in,
@@ -78,6 +152,7 @@ def unroll(step: onnx.ModelProto, steps: int = STEPS) -> onnx.ModelProto:
     model = helper.make_model(graph, opset_imports=step.opset_import, ir_version=step.ir_version,
                               producer_name="charlstm", doc_string=f"charlstm burst: {steps} steps per run, "
                                                                    "Gumbel-max sampling in the graph")
+    onnx.checker.check_model(model)
     return model
 
 
@@ -113,6 +188,7 @@ def check(folder: Path, steps: int = STEPS, runs: int = 4, batch: int = 2, tempe
     import onnxruntime as ort
 
     from export.verify import TOLERANCE, ParityError
+    from runtime.sampling import gumbel_noise
 
     cpu = ["CPUExecutionProvider"]
     stepper = ort.InferenceSession(str(folder / "model.onnx"), providers=cpu)
@@ -126,8 +202,7 @@ def check(folder: Path, steps: int = STEPS, runs: int = 4, batch: int = 2, tempe
     c = np.zeros_like(h)
     worst_pick, worst_state = 0.0, 0.0
     for _ in range(runs):
-        u = np.clip(rng.random((steps, batch, vocab)), np.finfo(np.float64).tiny, 1 - 2**-53)
-        noise = (temperature * -np.log(-np.log(u))).astype(np.float32)
+        noise = gumbel_noise(rng.random((steps, batch, vocab), dtype=np.float32), temperature)
         tokens, bh, bc = burst.run(list(BURST_OUTPUTS.values()), {INPUTS["token"]: token, INPUTS["h"]: h,
                                                                   INPUTS["c"]: c, "noise": noise})
         for k in range(steps):  # teacher-force the burst's own picks through the step graph

@@ -5,7 +5,8 @@
     for ch in gen.stream("ROMEO:", length=200): ...    # the same, a character at a time
 
 With num_samples N the N samples run as one batch (the ONNX batch dimension), each its own stream with its
-own random generator; `generate` then returns a list and `stream` yields a list of N chunks per step.
+own random generator; `generate` then returns a list and `stream` yields a list of N strings per run of the
+model: one character each, or up to K on the burst graph (K characters a run, sampled in the graph).
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ import numpy as np
 
 from runtime.errors import InputError
 from runtime.manifest import Manifest, default_model_dir, load_manifest
-from runtime.sampling import SamplingParams, gumbel_noise, next_ids, row_generators, uniforms
+from runtime.sampling import SamplingParams, gumbel_noise, gumbel_uniforms, next_ids, row_generators
 from runtime.session import SessionConfig, check_burst, check_contract, load_session, make_stepper, open_session
 
 MAX_LENGTH = 10_000_000  # a typo guard: ten million characters is hours of CPU time
 UNKNOWN = ("error", "skip")
+PREFETCH_MIN = 8 * 64 * 16  # noise values per burst run from which a helper thread draws them ahead
 EMPTY_PROMPT = "\n"  # an empty prompt starts from the state after a newline, where the corpus starts speeches
 
 
@@ -70,6 +72,8 @@ class Generator:
             check_burst(burst_session, self.manifest, path)
         self.stepper = make_stepper(self.session, self.manifest, self.device, burst_session, config.cuda_graph)
         self.stoi, self.itos = self.manifest.stoi, self.manifest.vocab
+        self._chars, self._nul = np.array(self.itos, dtype="<U1"), "\x00" in self.itos
+        self._pool = None  # a helper thread that draws the next burst's noise, made on first use
 
     def path_note(self, top_k=None, top_p=None) -> str:
         """What the loop will run, for --verbose: the burst graph or one step a run, CUDA graphs or not."""
@@ -109,18 +113,25 @@ class Generator:
     def stream(self, prompt: str = "", length: int | None = None, temperature: float | None = None,
                top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
                stop: str | None = None, num_samples: int = 1, unknown: str = "error") -> Iterator:
-        """Yield the continuation of `prompt` as it is made: one character per step (num_samples 1), or a list
-        of num_samples chunks per step ('' for a sample that already stopped). The prompt is not yielded.
+        """Yield the continuation of `prompt` as it is made: one character at a time (num_samples 1), or a list
+        of num_samples strings per run of the model ('' for a sample that already stopped; a run makes one
+        character, or up to K on the burst graph). The prompt is not yielded.
 
         length and temperature default to the model's manifest. All arguments are checked before this returns.
         """
+        chunks = self.chunks(prompt, length, temperature, top_k, top_p, seed, stop, num_samples, unknown)
+        return (ch for chunk in chunks for ch in chunk[0]) if num_samples == 1 else chunks
+
+    def chunks(self, prompt: str = "", length: int | None = None, temperature: float | None = None,
+               top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+               stop: str | None = None, num_samples: int = 1, unknown: str = "error") -> Iterator[list[str]]:
+        """What `stream` yields for num_samples > 1, for any num_samples: a list of num_samples strings per run."""
         search = SearchParams(length=self.manifest.length if length is None else length,
                               num_samples=num_samples, stop=stop, seed=seed)
         sampling = SamplingParams(temperature=self.manifest.temperature if temperature is None else temperature,
                                   top_k=top_k, top_p=top_p)
         ids = self.encode(prompt, unknown)
-        chunks = self._loop(ids, search, sampling)
-        return (chunk[0] for chunk in chunks) if num_samples == 1 else chunks
+        return self._loop(ids, search, sampling)
 
     def _loop(self, ids: np.ndarray, search: SearchParams, sampling: SamplingParams) -> Iterator[list[str]]:
         n, stop = search.num_samples, search.stop
@@ -129,46 +140,72 @@ class Generator:
         logits = self.prime(ids, n)
         rngs = row_generators(search.seed, n)
         done = [False] * n
-        tails = [""] * n  # the last len(stop) characters of each sample, to spot the stop string
+        tails = [""] * n  # the last len(stop) - 1 characters of each sample: a stop string may straddle runs
 
-        def emit(picked: np.ndarray) -> list[str]:
-            chunk = []
-            for row, i in enumerate(picked):
-                ch = "" if done[row] else self.itos[int(i)]
-                if stop and ch:
-                    tails[row] = (tails[row] + ch)[-len(stop):]
-                    done[row] = tails[row] == stop
-                chunk.append(ch)
-            return chunk
+        def emit(texts: list[str]) -> list[str]:
+            if not stop:
+                return texts
+            out = []
+            for row, text in enumerate(texts):
+                if done[row]:
+                    text = ""
+                elif (i := (tails[row] + text).find(stop)) >= 0:  # end the sample just after the stop string
+                    text, done[row] = text[:i + len(stop) - len(tails[row])], True
+                else:
+                    tails[row] = (tails[row] + text)[len(tails[row] + text) - len(stop) + 1:]
+                out.append(text)
+            return out
 
         picked = next_ids(logits, sampling, rngs)  # sample the first character from the primed state
-        yield emit(picked)
+        yield emit([self.itos[int(i)] for i in picked])
         made = 1
         burst = self.stepper.burst_session is not None and sampling.plain
+        if burst:  # K steps per run, each sampled in the graph: the same draws as the step loop below
+            steps, vocab, temperature = self.manifest.burst.steps, len(self.itos), sampling.temperature
+            noise = lambda: gumbel_noise(gumbel_uniforms(rngs, vocab, steps), temperature)  # noqa: E731
+            # A big batch's noise (~0.35 ms for 64 rows) is drawn in a helper thread while the previous run
+            # computes (ONNX Runtime releases the GIL); a small batch's costs less than the hand-over.
+            ahead = self._helper().submit(noise) if n * vocab * steps >= PREFETCH_MIN else None
         while made < search.length and not all(done):
-            if burst:  # K steps per run, each sampled in the graph: the same draws as the step loop below
-                steps = self.manifest.burst.steps
-                noise = gumbel_noise(uniforms(rngs, len(self.itos), steps), sampling.temperature)
-                for picked in self.stepper.burst(picked, noise)[:search.length - made]:
-                    yield emit(picked)
-                    made += 1
-                    if all(done):
-                        return
+            if burst:
+                k = min(steps, search.length - made)
+                if ahead is None:
+                    draws = noise()
+                else:
+                    draws = ahead.result()
+                    ahead = self._helper().submit(noise) if made + k < search.length else None
+                tokens = self.stepper.burst(picked, draws)
+                picked = tokens[-1]
+                yield emit(self._decode_rows(tokens[:k]))
+                made += k
             else:
                 logits = self.stepper.step(picked)  # feed back
                 picked = next_ids(logits, sampling, rngs)  # sample
-                yield emit(picked)
+                yield emit([self.itos[int(i)] for i in picked])
                 made += 1
+
+    def _helper(self):
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="charlstm-noise")
+        return self._pool
+
+    def _decode_rows(self, tokens: np.ndarray) -> list[str]:
+        """ids [steps, batch] -> one string per row: a numpy gather, then each row's characters as one str."""
+        chars = self._chars[tokens.T]  # [batch, steps] of single characters
+        if self._nul:  # numpy drops trailing NULs from a str: join by hand
+            return ["".join(row) for row in chars.tolist()]
+        return np.ascontiguousarray(chars).view(f"<U{tokens.shape[0]}").ravel().tolist()
 
     def generate(self, prompt: str = "", length: int | None = None, temperature: float | None = None,
                  top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
                  stop: str | None = None, num_samples: int = 1, unknown: str = "error") -> str | list[str]:
         """The continuation of `prompt` (without the prompt): a str, or a list of num_samples strs."""
-        chunks = self.stream(prompt, length, temperature, top_k, top_p, seed, stop, num_samples, unknown)
+        chunks = self.chunks(prompt, length, temperature, top_k, top_p, seed, stop, num_samples, unknown)
         if num_samples == 1:
-            return "".join(chunks)
+            return "".join(chunk[0] for chunk in chunks)
         texts = [[] for _ in range(num_samples)]
         for chunk in chunks:
-            for row, ch in enumerate(chunk):
-                texts[row].append(ch)
+            for row, text in enumerate(chunk):
+                texts[row].append(text)
         return ["".join(t) for t in texts]

@@ -97,22 +97,31 @@ def draw(probs: np.ndarray, u: np.ndarray) -> np.ndarray:
     return np.minimum(ids, probs.shape[-1] - 1).astype(np.int64)
 
 
-def gumbel_noise(u: np.ndarray, temperature: float) -> np.ndarray:
-    """temperature * g with g = -log(-log(u)), in float32: what the burst graph adds to the logits.
+GUMBEL_FLOOR = np.float32(2.0**-25)  # -log(1 - u) for the smallest u > 0 is ~2^-24: half that stands in for u = 0
 
-    u holds uniforms in (0, 1) of any shape. argmax(logits + noise) = argmax(logits / T + g), exactly a draw
-    from softmax(logits / T); temperature 0 gives zeros, so the argmax is greedy.
+
+def gumbel_noise(u: np.ndarray, temperature: float) -> np.ndarray:
+    """temperature * g with g = -log(-log(1 - u)), in float32: what the burst graph adds to the logits.
+
+    u holds uniforms in [0, 1) of any shape (Generator.random's float32 grid, steps of 2^-24), so 1 - u is in
+    (0, 1]; u = 0 would make g infinite and is taken as the middle of its grid cell. argmax(logits + noise) =
+    argmax(logits / T + g) is a draw from softmax(logits / T), exact up to that grid; temperature 0 gives zeros,
+    so the argmax is greedy.
     """
     if temperature == 0:
         return np.zeros(np.shape(u), np.float32)
-    u = np.clip(np.asarray(u, dtype=np.float64), np.finfo(np.float64).tiny, 1 - 2**-53)  # keep log finite
-    return (temperature * -np.log(-np.log(u))).astype(np.float32)
+    e = np.log1p(-np.asarray(u, dtype=np.float32))  # log(1 - u) <= 0, computed in place from here on
+    np.negative(e, out=e)
+    np.maximum(e, GUMBEL_FLOOR, out=e)
+    np.log(e, out=e)
+    e *= np.float32(-temperature)
+    return e
 
 
 def gumbel_max(logits: np.ndarray, temperature: float, u: np.ndarray) -> np.ndarray:
-    """argmax(logits / T + g) with g = -log(-log(u)): exactly a draw from softmax(logits / T).
+    """argmax(logits / T + g) with g = -log(-log(1 - u)): a draw from softmax(logits / T).
 
-    u holds uniforms in (0, 1), shape [batch, vocab]. Needs no cumulative sum or sort, only an elementwise
+    u holds uniforms in [0, 1), shape [batch, vocab]. Needs no cumulative sum or sort, only an elementwise
     op and an argmax, which is why it suits sampling inside the graph. Computed as the burst graph does
     (float32 logits + gumbel_noise), so a seed picks the same text on the host as in the graph. T 0 is greedy.
     """
@@ -129,14 +138,17 @@ def row_generators(seed: int | None, rows: int) -> list[np.random.Generator]:
     return [np.random.default_rng(child) for child in children]
 
 
-def uniforms(rngs: list[np.random.Generator], vocab: int | None = None, steps: int | None = None) -> np.ndarray:
-    """Uniforms in (0, 1], row i from rngs[i]: one per row ([batch]); `vocab` per row ([batch, vocab]) for
-    gumbel_max; or `steps` such sets ([steps, batch, vocab]) for a burst, the same numbers as `steps` calls."""
-    if vocab is None:
-        return np.array([1.0 - r.random() for r in rngs])  # random() is in [0, 1): flip to exclude 0
+def uniforms(rngs: list[np.random.Generator]) -> np.ndarray:
+    """One uniform in (0, 1] per row ([batch]), row i from rngs[i], for the inverse-CDF draw."""
+    return np.array([1.0 - r.random() for r in rngs])  # random() is in [0, 1): flip to exclude 0
+
+
+def gumbel_uniforms(rngs: list[np.random.Generator], vocab: int, steps: int | None = None) -> np.ndarray:
+    """float32 uniforms in [0, 1) for gumbel_noise, row i from rngs[i]: [batch, vocab], or [steps, batch, vocab]
+    for a burst run, the very numbers that `steps` single calls would draw."""
     if steps is None:
-        return np.stack([1.0 - r.random(vocab) for r in rngs])
-    return np.stack([1.0 - r.random((steps, vocab)) for r in rngs], axis=1)
+        return np.stack([r.random(vocab, dtype=np.float32) for r in rngs])
+    return np.stack([r.random((steps, vocab), dtype=np.float32) for r in rngs], axis=1)
 
 
 def next_ids(logits: np.ndarray, params: SamplingParams, rngs: list[np.random.Generator]) -> np.ndarray:
@@ -148,7 +160,7 @@ def next_ids(logits: np.ndarray, params: SamplingParams, rngs: list[np.random.Ge
     if params.greedy:
         return greedy(logits)
     if params.plain:
-        return gumbel_max(logits, params.temperature, uniforms(rngs, logits.shape[-1]))
+        return gumbel_max(logits, params.temperature, gumbel_uniforms(rngs, logits.shape[-1]))
     probs = softmax(logits, params.temperature)
     if params.top_k is not None:
         probs = top_k_filter(probs, int(params.top_k))

@@ -15,7 +15,7 @@ import pytest
 
 from export import burst
 from runtime import Generator, ModelError, load_manifest
-from runtime.sampling import gumbel_max, gumbel_noise, row_generators, uniforms
+from runtime.sampling import gumbel_max, gumbel_noise, gumbel_uniforms, row_generators
 from tests.onnx_fixture import make_model_dir
 
 
@@ -48,7 +48,8 @@ def test_burst_file_holds_no_weights_of_its_own(model_dir):
 @pytest.mark.parametrize("kwargs", [dict(seed=1, length=200), dict(seed=2, length=37, num_samples=3),
                                     dict(seed=3, length=17, temperature=0), dict(seed=4, length=1),
                                     dict(seed=5, length=300, stop="e ", num_samples=2),
-                                    dict(seed=6, length=50, temperature=1.5, prompt="")])
+                                    dict(seed=6, length=50, temperature=1.5, prompt=""),
+                                    dict(seed=7, length=70, num_samples=9)])  # 9 rows: noise drawn ahead
 def test_burst_text_equals_the_step_loop_text(both, kwargs):
     fast, slow = both
     prompt = kwargs.pop("prompt", "ROMEO:")
@@ -75,10 +76,13 @@ def test_cpu_default_skips_the_burst_graph(model_dir):
 
 def test_host_gumbel_is_the_graph_formula():
     rngs = row_generators(0, 2)
-    u = uniforms(rngs, 5, steps=3)
-    assert u.shape == (3, 2, 5) and u.min() > 0 and u.max() <= 1
+    u = gumbel_uniforms(rngs, 5, steps=3)
+    assert u.shape == (3, 2, 5) and u.dtype == np.float32 and u.min() >= 0 and u.max() < 1
     again = row_generators(0, 2)
-    assert np.array_equal(u[1], uniforms(again[:2], 5, steps=2)[1])  # steps draws = steps single draws
+    singles = [gumbel_uniforms(again, 5) for _ in range(3)]  # steps draws = steps single draws
+    assert all(np.array_equal(u[k], singles[k]) for k in range(3))
+    edge = gumbel_noise(np.array([0.0, 1 - 2**-24], np.float32), 1.0)  # the grid's ends stay finite
+    assert np.isfinite(edge).all() and edge[0] > 16 and edge[1] < -2
     logits = np.array([[0.0, 3.0, 1.0, 0.5, -1.0]] * 2, np.float32)
     noise = gumbel_noise(u[0], 0.7)
     assert noise.dtype == np.float32 and np.array_equal(gumbel_max(logits, 0.7, u[0]), np.argmax(logits + noise, -1))
@@ -107,3 +111,21 @@ def test_folders_without_a_burst_graph_still_generate(tmp_path):
     gen = Generator(folder, device="cpu", burst=True)
     assert gen.manifest.burst is None and gen.stepper.burst_session is None
     assert len(gen.generate("A", length=20, seed=1)) == 20
+
+
+@pytest.mark.parametrize("at", [2, 15, 16, 30])
+def test_a_stop_string_straddling_runs_ends_the_sample_there(both, at):
+    fast, slow = both
+    text = slow.generate("ROMEO:", length=60, seed=9)
+    stop = text[at:at + 3]  # the burst's first run makes characters 1-16: 15 and 16 straddle a boundary
+    want = text[:text.find(stop) + 3]
+    assert fast.generate("ROMEO:", length=60, seed=9, stop=stop) == want
+    assert slow.generate("ROMEO:", length=60, seed=9, stop=stop) == want
+    assert "".join(fast.stream("ROMEO:", length=60, seed=9, stop=stop)) == want
+
+
+def test_the_burst_graph_reads_each_layer_state_once(model_dir):
+    graph = onnx.load(model_dir / burst.FILE, load_external_data=False).graph
+    readers = [n for n in graph.node if set(n.input) & {"h", "c"}]
+    assert len(readers) == 2 * 2  # Gather (fixture) of h and c, layer by layer, in step 0 only
+    assert sum(n.op_type == "Split" and n.input[0] == "noise" for n in graph.node) == 1

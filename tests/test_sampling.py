@@ -9,7 +9,7 @@ import pytest
 
 from charlstm.errors import UserError
 from runtime.sampling import (SamplingParams, draw, greedy, gumbel_max, log_softmax, next_ids, row_generators,
-                              softmax, top_k_filter, top_p_filter, uniforms)
+                              gumbel_uniforms, softmax, top_k_filter, top_p_filter, uniforms)
 
 LOGITS = np.log(np.array([[0.1, 0.2, 0.3, 0.4],
                           [0.4, 0.3, 0.2, 0.1]]))  # rows are each other's mirror: easy to check by hand
@@ -90,10 +90,11 @@ def test_a_seed_reproduces_and_rows_are_independent():
     assert not (run(8, 1)[0] == a[0]).all()
 
 
-def test_uniforms_are_in_the_half_open_interval():
-    u = uniforms(row_generators(0, 4), vocab=1000)
-    assert u.shape == (4, 1000) and (u > 0).all() and (u <= 1).all()
-    assert uniforms(row_generators(0, 4)).shape == (4,)
+def test_uniforms_are_in_the_half_open_intervals():
+    u = uniforms(row_generators(0, 4))  # the inverse-CDF draw's: (0, 1]
+    assert u.shape == (4,) and (u > 0).all() and (u <= 1).all()
+    g = gumbel_uniforms(row_generators(0, 4), 1000)  # gumbel_noise's: [0, 1), float32
+    assert g.shape == (4, 1000) and g.dtype == np.float32 and (g >= 0).all() and (g < 1).all()
 
 
 def test_gumbel_max_is_a_draw_from_the_softmax():
