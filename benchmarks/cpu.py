@@ -100,6 +100,10 @@ def _onnx(model_dir: Path, threads: int, steps: int) -> dict:
     loop = Generator(model_dir, device="cpu", threads=threads)
     variants["generate loop float32, batch 1 (step + sample)"] = (
         lambda n: timed(lambda: loop.generate("", length=n, seed=0))(1) / n, steps)
+    if loop.manifest.burst is not None:  # off by default on the CPU: its load costs more than 500 characters save
+        burst = Generator(model_dir, device="cpu", threads=threads, burst=True)
+        variants["generate loop float32, batch 1, burst graph (Generator(burst=True))"] = (
+            lambda n: timed(lambda: burst.generate("", length=n, seed=0))(1) / n, steps)
     return variants
 
 
