@@ -29,6 +29,7 @@ from runtime.manifest import GRAPH_INPUTS as INPUTS
 from runtime.manifest import GRAPH_OUTPUTS as OUTPUTS
 
 STEPS = 16  # characters per run: amortises a run's fixed cost 16-fold; streamed text comes in bursts of 16
+MAX_STEPS = 32  # ONNX Runtime's CUDA Concat takes at most 32 inputs while a CUDA graph is captured
 FILE = "model.burst.onnx"
 LINK_MIN_BYTES = 1024  # smaller constants stay inline: not worth a file read each
 
@@ -96,6 +97,9 @@ def unroll(step: onnx.ModelProto, steps: int = STEPS) -> onnx.ModelProto:
     [layers, batch, units] copy sliced apart again, and the noise is split once, so on a GPU a step launches
     fewer small kernels. Only the last step stacks h and c into the outputs.
     """
+    if not 1 <= steps <= MAX_STEPS:
+        raise ValueError(f"a burst of {steps} steps: use 1 to {MAX_STEPS} (the tokens output is one Concat of a "
+                         f"row per step, and CUDA graphs take at most {MAX_STEPS} inputs to a Concat)")
     g = step.graph
     shared = {t.name for t in g.initializer}
     vocab = next(o for o in g.output if o.name == OUTPUTS["logits"]).type.tensor_type.shape.dim[1].dim_value

@@ -129,3 +129,10 @@ def test_the_burst_graph_reads_each_layer_state_once(model_dir):
     readers = [n for n in graph.node if set(n.input) & {"h", "c"}]
     assert len(readers) == 2 * 2  # Gather (fixture) of h and c, layer by layer, in step 0 only
     assert sum(n.op_type == "Split" and n.input[0] == "noise" for n in graph.node) == 1
+
+
+def test_a_burst_longer_than_cuda_graphs_allow_is_refused(model_dir):
+    step = onnx.load(model_dir / "model.onnx")
+    with pytest.raises(ValueError, match="use 1 to 32"):
+        burst.unroll(step, 64)
+    assert len(burst.unroll(step, 32).graph.output) == 3
