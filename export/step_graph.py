@@ -6,7 +6,6 @@ same numbers:
 - layer 0: the embedding row times the input kernel, plus the bias, is one row of a [vocab, 4*units] table
   computed at export, so a step reads a fifth fewer bytes and does one matrix product less;
 - layer k > 0: [x, h] @ [[W], [U]] + b, one product instead of two.
-Each product by a weight matrix is then a Gemm with the matrix stored transposed (transB=1, export/gemm.py).
 
 Contract (the runtime and every check rely on it): inputs token int64 [batch], h and c float32
 [layers, batch, units]; outputs logits float32 [batch, vocab], h_out and c_out like h and c.
@@ -18,7 +17,6 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from export.gemm import matmul_to_gemm_t
 from training.model import Weights
 
 OPSET = 17
@@ -84,7 +82,6 @@ def _tidy(model: onnx.ModelProto, layers: int, units: int, vocab: int) -> onnx.M
             if not d.HasField("dim_value"):
                 d.dim_param = "batch"
     _gemm_to_matmul(g)
-    matmul_to_gemm_t(g)
     model.ir_version = IR_VERSION
     model.producer_name, model.doc_string = "charlstm", f"charlstm step: {layers} x LSTM({units}), vocab {vocab}"
     return model
@@ -110,4 +107,3 @@ def _gemm_to_matmul(g: onnx.GraphProto) -> None:
                      if len(n.input) > 2 else helper.make_node("Identity", [product], list(n.output)))
     del g.node[:]
     g.node.extend(nodes)
-
