@@ -257,15 +257,19 @@ def make_stepper(session: ort.InferenceSession, manifest: Manifest, device: str,
     return BoundStepper(session, manifest, "cuda" if device == "cuda" else "cpu", burst, graphs)
 
 
-def check_contract(session: ort.InferenceSession, manifest: Manifest, path: Path) -> None:
-    """The graph has the manifest's input/output names, and one probe step gives logits [1, len(vocab)]."""
+def _check_names(session: ort.InferenceSession, inputs: dict, outputs: dict, path: Path) -> None:
+    """The graph has the input and output names model.json lists for it."""
     have_in = {i.name for i in session.get_inputs()}
     have_out = {o.name for o in session.get_outputs()}
-    missing = [n for n in manifest.inputs.values() if n not in have_in]
-    missing += [n for n in manifest.outputs.values() if n not in have_out]
+    missing = [n for n in inputs.values() if n not in have_in] + [n for n in outputs.values() if n not in have_out]
     if missing:
         raise ModelError(f"{path} lacks the graph names {missing} that model.json lists (inputs "
                          f"{sorted(have_in)}, outputs {sorted(have_out)}): re-run `charlstm export`")
+
+
+def check_contract(session: ort.InferenceSession, manifest: Manifest, path: Path) -> None:
+    """The graph has the manifest's input/output names, and one probe step gives logits [1, len(vocab)]."""
+    _check_names(session, manifest.inputs, manifest.outputs, path)
     probe = Stepper(session, manifest)
     probe.reset(1)
     try:
@@ -283,13 +287,7 @@ def check_contract(session: ort.InferenceSession, manifest: Manifest, path: Path
 def check_burst(session: ort.InferenceSession, manifest: Manifest, path: Path) -> None:
     """The burst graph has the names model.json lists, and one probe run gives [steps, 1] ids in the vocabulary."""
     spec = manifest.burst
-    have_in = {i.name for i in session.get_inputs()}
-    have_out = {o.name for o in session.get_outputs()}
-    missing = [n for n in spec.inputs.values() if n not in have_in]
-    missing += [n for n in spec.outputs.values() if n not in have_out]
-    if missing:
-        raise ModelError(f"{path} lacks the graph names {missing} that model.json lists under burst: "
-                         "re-run `charlstm export`")
+    _check_names(session, spec.inputs, spec.outputs, path)
     zeros = np.zeros((manifest.layers, 1, manifest.units), np.float32)
     feeds = {spec.inputs["token"]: np.zeros(1, np.int64), spec.inputs["h"]: zeros, spec.inputs["c"]: zeros,
              spec.inputs["noise"]: np.zeros((spec.steps, 1, len(manifest.vocab)), np.float32)}

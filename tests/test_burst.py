@@ -136,3 +136,13 @@ def test_a_burst_longer_than_cuda_graphs_allow_is_refused(model_dir):
     with pytest.raises(ValueError, match="use 1 to 32"):
         burst.unroll(step, 64)
     assert len(burst.unroll(step, 32).graph.output) == 3
+
+
+def test_burst_names_that_the_graph_lacks_are_one_line(tmp_path, model_dir):
+    folder = tmp_path / "m"
+    shutil.copytree(model_dir, folder)
+    manifest = json.loads((folder / "model.json").read_text())
+    manifest["burst"]["outputs"]["tokens"] = "ids"
+    (folder / "model.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelError, match=r"lacks the graph names \['ids'\] .* re-run `charlstm export`"):
+        Generator(folder, device="cpu", burst=True)
