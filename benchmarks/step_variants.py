@@ -1,8 +1,7 @@
 """Speed levers for the CPU step, timed in turns: ONNX Runtime threads and spinning, and weight formats.
 
 Not part of `charlstm bench`: an experiment to rerun before changing the runtime's defaults or the export.
-Weight formats: model.onnx (float32, gate products as Gemm on transposed weights), the same graph with
-MatMul + Add (what the export wrote before), model.int8.onnx (as exported: MatMulNBits, 8-bit blocks of 128,
+Weight formats: model.onnx (float32), model.int8.onnx (as exported: MatMulNBits, 8-bit blocks of 128,
 accuracy level 4 = int8 compute), and, built here from model.onnx with ONNX Runtime's quantizers, the
 per-channel dynamic int8 (MatMulInteger) that `--int8` wrote before, and 4-bit MatMulNBits. Each format's
 largest logit and state difference against float32 is printed beside its time.
@@ -24,16 +23,6 @@ import numpy as np  # noqa: E402
 from benchmarks.timing import round_robin, timed  # noqa: E402
 
 
-def with_matmul(path: Path) -> bytes:
-    """model.onnx with its Gemm(transB=1) gate products turned back into MatMul + Add (the export before)."""
-    import onnx
-
-    from export.gemm import gemm_t_to_matmul
-    model = onnx.load(path)
-    gemm_t_to_matmul(model.graph)
-    return model.SerializeToString()
-
-
 def quantized(path: Path, method: str) -> bytes:
     """model.onnx quantized with ONNX Runtime's tools: "dynamic" (per-channel int8 MatMulInteger, what
     `--int8` wrote before) or "nbits4" (MatMulNBits, 4-bit, blocks of 128, int8 compute)."""
@@ -41,9 +30,7 @@ def quantized(path: Path, method: str) -> bytes:
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        out, plain = Path(tmp) / "q.onnx", Path(tmp) / "matmul.onnx"
-        plain.write_bytes(with_matmul(path))  # the quantizers take MatMul
-        path = plain
+        out = Path(tmp) / "q.onnx"
         if method == "dynamic":
             from onnxruntime.quantization import QuantType, quantize_dynamic
             logging.getLogger().setLevel(logging.ERROR)  # its advice to pre-process the graph
@@ -70,7 +57,6 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=7, help="rounds; the median is reported")
     args = p.parse_args()
     formats = {"float32": (args.model / "model.onnx").read_bytes(),
-               "float32 MatMul + Add (the export before)": with_matmul(args.model / "model.onnx"),
                "int8 MatMulNBits (model.int8.onnx)": (args.model / "model.int8.onnx").read_bytes(),
                "int8 dynamic (the previous export)": quantized(args.model / "model.onnx", "dynamic"),
                "4-bit MatMulNBits": quantized(args.model / "model.onnx", "nbits4")}

@@ -29,12 +29,8 @@ def write_nbits(src: Path, dst: Path, bits: int = 8) -> None:
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    from export.gemm import gemm_t_to_matmul
-
     logging.getLogger(MatMulNBitsQuantizer.__module__).setLevel(logging.WARNING)  # a line per graph node at INFO
-    model = onnx.load(src)
-    gemm_t_to_matmul(model.graph)  # the float graph's Gemm(transB=1) back to the MatMul + Add it quantizes
-    quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=BLOCK, is_symmetric=True,
+    quantizer = MatMulNBitsQuantizer(onnx.load(src), bits=bits, block_size=BLOCK, is_symmetric=True,
                                      accuracy_level=ACCURACY_LEVEL)
     quantizer.process()
     quantizer.model.save_model_to_file(str(dst), use_external_data_format=False)

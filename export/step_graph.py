@@ -6,7 +6,6 @@ same numbers:
 - layer 0: the embedding row times the input kernel, plus the bias, is one row of a [vocab, 4*units] table
   computed at export, so a step reads a fifth fewer bytes and does one matrix product less;
 - layer k > 0: [x, h] @ [[W], [U]] + b, one product instead of two.
-Each gate product is then one Gemm on the transposed matrix with its addend (export/gemm.py): faster on the CPU.
 
 Contract (the runtime and every check rely on it): inputs token int64 [batch], h and c float32
 [layers, batch, units]; outputs logits float32 [batch, vocab], h_out and c_out like h and c.
@@ -18,7 +17,6 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from export.gemm import matmul_to_gemm_t
 from training.model import Weights
 
 OPSET = 17
@@ -84,7 +82,6 @@ def _tidy(model: onnx.ModelProto, layers: int, units: int, vocab: int) -> onnx.M
             if not d.HasField("dim_value"):
                 d.dim_param = "batch"
     _gemm_to_matmul(g)
-    matmul_to_gemm_t(g, 4 * units)  # the gate products: Gemm on W^T with the addend folded in (export/gemm.py)
     model.ir_version = IR_VERSION
     model.producer_name, model.doc_string = "charlstm", f"charlstm step: {layers} x LSTM({units}), vocab {vocab}"
     return model
