@@ -146,3 +146,19 @@ def test_burst_names_that_the_graph_lacks_are_one_line(tmp_path, model_dir):
     (folder / "model.json").write_text(json.dumps(manifest))
     with pytest.raises(ModelError, match=r"lacks the graph names \['ids'\] .* re-run `charlstm export`"):
         Generator(folder, device="cpu", burst=True)
+
+
+def test_stepper_slots_are_kept_and_zeroed_per_batch_size(model_dir):
+    """The CUDA-graph bookkeeping, run on the CPU: one slot of buffers per batch size, kept across resets
+    (a captured graph replays on those addresses), its state zeroed on reset, so reruns repeat exactly."""
+    from runtime.session import BoundStepper
+
+    gen = Generator(model_dir, device="cpu", burst=True)
+    want = gen.generate("ROMEO:", length=40, seed=3, num_samples=2)
+    stepper = BoundStepper(gen.session, gen.manifest, "cpu", gen.stepper.burst_session)
+    stepper.graphs = True  # the run options then carry gpu_graph_id, which the CPU provider ignores
+    gen.stepper = stepper
+    assert gen.generate("ROMEO:", length=40, seed=3, num_samples=2) == want
+    assert gen.generate("ROMEO:", length=40, seed=3) == want[0]  # batch 1: a second slot
+    assert gen.generate("ROMEO:", length=40, seed=3, num_samples=2) == want  # the first slot again, zeroed
+    assert sorted(stepper.slots) == [1, 2] and [s.index for s in stepper.slots.values()] == [0, 1]
