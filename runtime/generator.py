@@ -152,7 +152,8 @@ class Generator:
                 elif (i := (tails[row] + text).find(stop)) >= 0:  # end the sample just after the stop string
                     text, done[row] = text[:i + len(stop) - len(tails[row])], True
                 else:
-                    tails[row] = (tails[row] + text)[len(tails[row] + text) - len(stop) + 1:]
+                    joined = tails[row] + text
+                    tails[row] = joined[len(joined) - len(stop) + 1:]
                 out.append(text)
             return out
 
@@ -162,10 +163,13 @@ class Generator:
         burst = self.stepper.burst_session is not None and sampling.plain
         if burst:  # K steps per run, each sampled in the graph: the same draws as the step loop below
             steps, vocab, temperature = self.manifest.burst.steps, len(self.itos), sampling.temperature
-            noise = lambda: gumbel_noise(gumbel_uniforms(rngs, vocab, steps), temperature)  # noqa: E731
+            zeros = np.zeros((steps, n, vocab), np.float32)  # greedy: no noise, nothing to draw
+            noise = (lambda: zeros) if sampling.greedy else (  # noqa: E731
+                lambda: gumbel_noise(gumbel_uniforms(rngs, vocab, steps), temperature))
             # A big batch's noise (~0.35 ms for 64 rows) is drawn in a helper thread while the previous run
             # computes (ONNX Runtime releases the GIL); a small batch's costs less than the hand-over.
-            ahead = self._helper().submit(noise) if n * vocab * steps >= PREFETCH_MIN else None
+            ahead = self._helper().submit(noise) if n * vocab * steps >= PREFETCH_MIN and not sampling.greedy \
+                else None
         while made < search.length and not all(done):
             if burst:
                 k = min(steps, search.length - made)

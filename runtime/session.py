@@ -199,33 +199,36 @@ class BoundStepper(Stepper):
                      logits=self._value(np.zeros((batch, len(self.m.vocab)), np.float32), out),
                      bindings=[], options=[])
         token, h, c = self.feeds
-        for k in (0, 1):
-            b = self.session.io_binding()
-            b.bind_ortvalue_input(token, slot.token)
-            b.bind_ortvalue_input(h, slot.states[k][0])
-            b.bind_ortvalue_input(c, slot.states[k][1])
-            b.bind_ortvalue_output(self.fetches[0], slot.logits)
-            b.bind_ortvalue_output(self.fetches[1], slot.states[1 - k][0])
-            b.bind_ortvalue_output(self.fetches[2], slot.states[1 - k][1])
-            slot.bindings.append(b)
-            slot.options.append(self._graph_option(2 * index + k))
+        slot.bindings, slot.options = self._pingpong(
+            self.session, index, {token: slot.token}, (h, c), {self.fetches[0]: slot.logits}, self.fetches[1:], slot)
         if self.burst_session is not None:
             spec = self.m.burst
             slot.noise = self._value(np.zeros((spec.steps, batch, len(self.m.vocab)), np.float32))
             slot.tokens = self._value(np.zeros((spec.steps, batch), np.int64), out)
-            slot.burst_bindings, slot.burst_options = [], []
-            for k in (0, 1):
-                b = self.burst_session.io_binding()
-                b.bind_ortvalue_input(spec.inputs["token"], slot.token)
-                b.bind_ortvalue_input(spec.inputs["h"], slot.states[k][0])
-                b.bind_ortvalue_input(spec.inputs["c"], slot.states[k][1])
-                b.bind_ortvalue_input(spec.inputs["noise"], slot.noise)
-                b.bind_ortvalue_output(spec.outputs["tokens"], slot.tokens)
-                b.bind_ortvalue_output(spec.outputs["h"], slot.states[1 - k][0])
-                b.bind_ortvalue_output(spec.outputs["c"], slot.states[1 - k][1])
-                slot.burst_bindings.append(b)
-                slot.burst_options.append(self._graph_option(2 * index + k))
+            slot.burst_bindings, slot.burst_options = self._pingpong(
+                self.burst_session, index, {spec.inputs["token"]: slot.token, spec.inputs["noise"]: slot.noise},
+                (spec.inputs["h"], spec.inputs["c"]), {spec.outputs["tokens"]: slot.tokens},
+                (spec.outputs["h"], spec.outputs["c"]), slot)
         return slot
+
+    def _pingpong(self, session, index: int, inputs: dict, state_in: tuple, outputs: dict, state_out,
+                  slot: _Slot) -> tuple[list, list]:
+        """Two bindings of `session`: binding k reads state set k and writes set 1 - k; the other inputs and
+        outputs are bound to the same buffers in both. Returns the bindings and their run options."""
+        bindings, options = [], []
+        for k in (0, 1):
+            b = session.io_binding()
+            for name, value in inputs.items():
+                b.bind_ortvalue_input(name, value)
+            for name, value in zip(state_in, slot.states[k]):
+                b.bind_ortvalue_input(name, value)
+            for name, value in outputs.items():
+                b.bind_ortvalue_output(name, value)
+            for name, value in zip(state_out, slot.states[1 - k]):
+                b.bind_ortvalue_output(name, value)
+            bindings.append(b)
+            options.append(self._graph_option(2 * index + k))
+        return bindings, options
 
     def _graph_option(self, graph_id: int) -> ort.RunOptions | None:
         if not self.graphs:
