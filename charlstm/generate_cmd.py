@@ -114,6 +114,10 @@ def generate(
     device: Annotated[Device, typer.Option(help="auto = CUDA if it starts, else the CPU.")] = Device.auto,
     int8: Annotated[bool, typer.Option("--int8", help="Use model.int8.onnx (CPU only): faster, slightly less "
                                                       "exact.")] = False,
+    spin: Annotated[Optional[bool], typer.Option(
+        "--spin/--no-spin", help="CPU: keep ONNX Runtime's workers busy-waiting between steps (faster on an idle "
+                                 "machine, slower beside other busy work). Default: spin when the load average "
+                                 "leaves half the cores idle.", show_default=False)] = None,
     stream: Annotated[bool, typer.Option(help="Print text as it is made; --no-stream prints it at the end.")] = True,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object per sample: text, characters per "
                                                           "second, device, model sha256.")] = False,
@@ -133,8 +137,8 @@ def generate(
     with user_errors():
         try:
             _run(model, prompt, prompt_file, length, temperature, top_k, top_p, seed, num_samples,
-                 None if stop is None else _unescape(stop), Device(device).value, int8, stream and not json_out,
-                 json_out, verbose, Unknown(unknown).value)
+                 None if stop is None else _unescape(stop), Device(device).value, int8, spin,
+                 stream and not json_out, json_out, verbose, Unknown(unknown).value)
         except KeyboardInterrupt:
             sys.stdout.flush()
             print(file=sys.stderr)  # end the ^C line
@@ -146,17 +150,18 @@ def generate(
 
 
 def _run(model, prompt, prompt_file, length, temperature, top_k, top_p, seed, num_samples, stop,
-         device, int8, stream, json_out, verbose, unknown) -> None:
+         device, int8, spin, stream, json_out, verbose, unknown) -> None:
     from runtime import Generator  # numpy + onnxruntime: only when generating
 
     text_in = _read_prompt(prompt, prompt_file)
     start = time.perf_counter()
-    gen = Generator(model, device=device, int8=int8)
+    gen = Generator(model, device=device, int8=int8, spinning=spin)
     m = gen.manifest
     _say(verbose, f"model: {m.dir} ({m.name}: {m.layers} layers x {m.units} units, {len(m.vocab)} characters); "
                   f"file {gen.path.name} sha256 {gen.sha256[:12]}; loaded in {time.perf_counter() - start:.2f} s")
     _say(verbose, f"device: {gen.device} ({', '.join(gen.session.get_providers())})"
-                  + (f"; {gen.device_note}" if gen.device_note else "") + f"; {gen.path_note(top_k, top_p)}")
+                  + (f"; {gen.device_note}" if gen.device_note else "") + f"; {gen.path_note(top_k, top_p)}"
+                  + (f"; {gen.spinning_note}" if gen.device == "cpu" else ""))
     chunks = gen.chunks(text_in, length=length, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
                         stop=stop, num_samples=num_samples, unknown=unknown)  # a list of strings per run
     shown = text_in if unknown == "error" else gen.decode(gen.encode(text_in, unknown))

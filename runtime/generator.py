@@ -11,6 +11,7 @@ model: one character each, or up to K on the burst graph (K characters a run, sa
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,8 @@ import numpy as np
 from runtime.errors import InputError
 from runtime.manifest import Manifest, default_model_dir, load_manifest
 from runtime.sampling import SamplingParams, gumbel_noise, gumbel_uniforms, next_ids, row_generators
-from runtime.session import SessionConfig, check_burst, check_contract, load_session, make_stepper, open_session
+from runtime.session import (SessionConfig, check_burst, check_contract, load_session, make_stepper, open_session,
+                             resolve_spinning)
 
 MAX_LENGTH = 10_000_000  # a typo guard: ten million characters is hours of CPU time
 UNKNOWN = ("error", "skip")
@@ -55,8 +57,11 @@ class Generator:
     """A loaded model folder, ready to generate. Errors are InputError / ModelError / DeviceError (UserErrors)."""
 
     def __init__(self, model_dir=None, device: str = "auto", int8: bool = False, threads: int = 0,
-                 burst: bool | None = None, cuda_graph: bool = True):
-        config = SessionConfig(device=device, int8=int8, threads=threads, cuda_graph=cuda_graph)
+                 burst: bool | None = None, cuda_graph: bool = True, spinning: bool | None = None):
+        config = SessionConfig(device=device, int8=int8, threads=threads, cuda_graph=cuda_graph, spinning=spinning)
+        spin, why = resolve_spinning(config)  # decided once: the step and burst sessions share it
+        config = dataclasses.replace(config, spinning=spin)
+        self.spinning_note = f"{'spinning' if spin else 'sleeping'} CPU workers ({why})"
         self.manifest: Manifest = load_manifest(default_model_dir() if model_dir is None else model_dir)
         self.path: Path = self.manifest.onnx_path(int8)
         self.sha256: str = self.manifest.verify(self.path)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +36,7 @@ class SessionConfig:
     device: str = "auto"  # auto takes CUDA when it starts, else the CPU
     int8: bool = False  # model.int8.onnx: 8-bit MatMulNBits, a CPU-only speed-up
     threads: int = 0  # intra-op threads; 0 = one per core: 1.3-2.2x faster than 1 on an idle 2-core machine
-    spinning: bool = False  # idle workers spinning between steps cost 2-3x when other work shares the cores
+    spinning: bool | None = None  # workers busy-wait between steps; None = when the machine is idle (auto_spinning)
     cuda_graph: bool = True  # CUDA only: replay each step as a captured CUDA graph (see BoundStepper)
     log_severity: int = 4  # 4 = fatal only: a failed CUDA start must not spill ORT log lines onto stderr
 
@@ -47,6 +48,46 @@ class SessionConfig:
             raise InputError("--int8 runs on the CPU only (8-bit MatMulNBits): drop --device cuda or drop --int8")
         if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 0:
             raise InputError(f"threads {self.threads!r} is not an integer >= 0 (0 lets ONNX Runtime choose)")
+        if self.spinning is not None and not isinstance(self.spinning, bool):
+            raise InputError(f"spinning {self.spinning!r} is not True, False or None (None: on when the machine "
+                             "is idle)")
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (a container or taskset may allow fewer than the machine has)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def auto_spinning(threads: int, cores: int, load: float | None) -> tuple[bool, str]:
+    """Whether ONNX Runtime's workers should busy-wait between parallel sections, and why (for --verbose).
+
+    A sleeping worker has to be woken for every step, and on an idle (virtual) machine that costs more than the
+    step's arithmetic: spinning made the notebook-size CPU step 1.3-1.5x faster there. Beside a process that keeps a
+    core busy, spinning workers fight it for the core and the step was 1.2-1.4x slower than with sleeping ones
+    (`python -m benchmarks.spinning --busy 0|1`). So: spin when the 1-minute load average leaves at least half
+    the usable cores idle, otherwise sleep. One thread has no workers to wake."""
+    threads = threads or cores
+    if threads <= 1:
+        return False, "one thread"
+    if load is None:
+        return False, "no load average on this system"
+    if load < cores / 2:
+        return True, f"load average {load:.2f}, under half of the {cores} cores"
+    return False, f"load average {load:.2f}, not under half of the {cores} cores: other work shares them"
+
+
+def resolve_spinning(config: SessionConfig) -> tuple[bool, str]:
+    """The spinning setting this session gets: the config's, or auto_spinning's choice."""
+    if config.spinning is not None:
+        return config.spinning, "as asked"
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):  # Windows
+        load = None
+    return auto_spinning(config.threads, usable_cores(), load)
 
 
 def _options(config: SessionConfig) -> ort.SessionOptions:
@@ -56,7 +97,8 @@ def _options(config: SessionConfig) -> ort.SessionOptions:
     so.inter_op_num_threads = 1  # the step graph is one chain: nothing runs in parallel across ops
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.log_severity_level = config.log_severity
-    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if config.spinning else "0")
+    spinning = config.spinning if config.spinning is not None else resolve_spinning(config)[0]
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     return so
 
 

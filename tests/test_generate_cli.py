@@ -55,6 +55,10 @@ def test_verbose_goes_to_stderr_only(model_dir):
     loud = ok("--model", model_dir, "--length", 30, "--seed", 2, "--verbose")
     assert loud.stdout == quiet.stdout
     assert "device: cpu" in loud.stderr and "characters/s" in loud.stderr
+    assert "CPU workers (" in loud.stderr  # spinning or sleeping, and why
+    for flag, said in (("--spin", "spinning CPU workers (as asked)"), ("--no-spin", "sleeping CPU workers (as asked)")):
+        result = ok("--model", model_dir, "--length", 30, "--seed", 2, "--verbose", flag)
+        assert result.stdout == quiet.stdout and said in result.stderr
 
 
 def test_json_gives_one_object_per_sample(model_dir):

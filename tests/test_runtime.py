@@ -179,3 +179,23 @@ def test_a_manifest_that_disagrees_with_the_graph_is_a_model_error(tmp_path):
     (folder / "model.json").write_text(json.dumps(manifest))
     with pytest.raises(ModelError, match="logits of width 6.*7 vocab characters"):
         Generator(folder, device="cpu")
+
+
+def test_workers_spin_only_when_the_machine_is_idle():
+    from runtime.session import auto_spinning
+    assert auto_spinning(0, cores=2, load=0.3)[0]  # 0 threads = one per core
+    assert not auto_spinning(0, cores=2, load=1.0)[0]  # a busy process on one of two cores
+    assert auto_spinning(8, cores=16, load=7.9)[0] and not auto_spinning(8, cores=16, load=8.0)[0]
+    assert not auto_spinning(1, cores=16, load=0.0)[0]  # one thread has no workers to keep awake
+    spin, why = auto_spinning(0, cores=4, load=None)
+    assert not spin and "no load average" in why
+
+
+def test_spinning_or_not_the_text_is_the_same(model_dir, gen):
+    from runtime.session import SessionConfig
+    texts = {Generator(model_dir, device="cpu", threads=2, spinning=s).generate("AB", length=40, seed=7)
+             for s in (True, False)}
+    assert texts == {gen.generate("AB", length=40, seed=7)}
+    assert "spinning CPU workers (as asked)" == Generator(model_dir, device="cpu", spinning=True).spinning_note
+    with pytest.raises(InputError, match="spinning 'yes'"):
+        SessionConfig(spinning="yes")
