@@ -2,9 +2,11 @@
 
 - numpy floor: one input row times each layer's weights ([embedding + units] x 4*units for layer 0), the
   bytes a step cannot avoid reading; in a child process whose BLAS has the same thread count as ONNX Runtime;
-  all these steady-state variants are timed in turns, so background load hits them alike;
-- ONNX steps through runtime's own Stepper (float32 and int8 at batch 1, float32 at batch 64);
-- the whole generate loop (step + sample + decode) through runtime.Generator;
+  all these steady-state variants are timed in turns, so background load hits them alike, with a pause before
+  each timed run so that no variant runs beside the previous one's busy-waiting threads;
+- ONNX steps through runtime's own Stepper (float32 and int8 at batch 1, float32 at batch 64), ONNX Runtime's
+  workers spinning; the float32 batch-1 step also with them sleeping (see runtime.session.auto_spinning);
+- the whole generate loop (step + sample + decode) through runtime.Generator, both ways;
 - the notebook's loop (benchmarks/notebook_loop.py, TensorFlow eager) with the same weights;
 - cold starts: whole processes, `charlstm generate` against the notebook as a script, runs interleaved so
   both see the same background load; the generate runs also give its peak resident memory (wait4).
@@ -24,10 +26,11 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.models import ROOT, Shape
-from benchmarks.timing import BenchError, Child, Row, median, round_robin, timed
+from benchmarks.timing import BenchError, Child, Row, median, paired, round_robin, timed
 
 NOTEBOOK_SCRIPT = ROOT / "benchmarks" / "notebook_loop.py"
 BATCH = 64  # the batch row: 64 independent samples in one step
+SPIN = {True: ", spinning workers", False: ", sleeping workers"}  # ONNX Runtime's allow_spinning
 FLOOR_CODE = """
 import json, sys
 import numpy as np
@@ -61,14 +64,32 @@ def steady_state(model_dir: Path, npz: Path, shape: Shape, threads: int, steps: 
             children.append(Child([sys.executable, str(NOTEBOOK_SCRIPT), str(npz), "--serve"]))
             variants[f"notebook loop ({children[-1].info['keras']} eager), batch 1"] = (children[-1],
                                                                                        max(10, steps // 2))
-        medians = round_robin(variants, repeats, log)
+        runs: dict[str, list[float]] = {}
+        medians = round_robin(variants, repeats, log, runs_out=runs)
     finally:
         for child in children:
             child.close()
     rows = [Row("cpu", name, None if name.startswith("notebook") else 1 if "(1 thread" in name else threads, us)
             for name, us in medians.items()]
     _annotate(rows, model_dir, same_weights)
+    _paired_notes(rows, runs)
     return rows
+
+
+def _paired_notes(rows: list[Row], runs: dict[str, list[float]]) -> None:
+    """The targets' ratios round by round: the batch-1 float32 steps against the floor (at most 1), the
+    generate loops' speed-up over the notebook's (at least 30)."""
+    floor = next(r.variant for r in rows if r.variant.startswith("numpy floor"))
+    notebook = next((r.variant for r in rows if r.variant.startswith("notebook")), None)
+    for r in rows:
+        if r.variant.startswith("onnx float32 step, batch 1,"):
+            r.note = _join(r.note, "per round, time vs floor " + paired(runs, r.variant, floor))
+        elif r.variant.startswith("generate loop") and notebook:
+            r.note = _join(r.note, "per round, speed-up vs notebook " + paired(runs, notebook, r.variant))
+
+
+def _join(*notes: str) -> str:
+    return "; ".join(n for n in notes if n)
 
 
 def _floors(shape: Shape, threads: int, steps: int, children: list) -> dict:
@@ -85,24 +106,28 @@ def _floors(shape: Shape, threads: int, steps: int, children: list) -> dict:
 
 
 def _onnx(model_dir: Path, threads: int, steps: int) -> dict:
-    """runtime's own Stepper (float32, int8 when exported, batch 64) and the whole generate loop."""
+    """runtime's own Stepper (float32, int8 when exported, batch 64) and the whole generate loop, with ONNX
+    Runtime's workers spinning (the runtime's choice on an idle machine); the float32 batch-1 step and loop
+    also with sleeping workers (its choice when other work keeps the cores busy)."""
     from runtime import Generator
 
     has_int8 = (Path(model_dir) / "model.int8.onnx").is_file()
     variants = {}
-    for int8, batch in [(False, 1)] + [(True, 1)] * has_int8 + [(False, BATCH)]:
-        gen = Generator(model_dir, device="cpu", int8=int8, threads=threads)
+    for int8, batch, spin in [(False, 1, True), (False, 1, False)] + [(True, 1, True)] * has_int8 + [
+            (False, BATCH, True)]:
+        gen = Generator(model_dir, device="cpu", int8=int8, threads=threads, spinning=spin)
         gen.stepper.reset(batch)
         step = timed(lambda g=gen, ids=np.zeros(batch, np.int64): g.stepper.step(ids))
         # per character: a batch step makes `batch` characters and costs tens of batch-1 steps
-        variants[f"onnx {'int8' if int8 else 'float32'} step, batch {batch}"] = (
+        variants[f"onnx {'int8' if int8 else 'float32'} step, batch {batch}{SPIN[spin]}"] = (
             lambda n, s=step, b=batch: s(n) / b, steps if batch == 1 else max(5, steps // 8))
-    loop = Generator(model_dir, device="cpu", threads=threads)
-    variants["generate loop float32, batch 1 (step + sample)"] = (
-        lambda n: timed(lambda: loop.generate("", length=n, seed=0))(1) / n, steps)
+    for spin in (True, False):
+        loop = Generator(model_dir, device="cpu", threads=threads, spinning=spin)
+        variants[f"generate loop float32, batch 1 (step + sample){SPIN[spin]}"] = (
+            lambda n, g=loop: timed(lambda: g.generate("", length=n, seed=0))(1) / n, steps)
     if loop.manifest.burst is not None:  # off by default on the CPU: its load costs more than 500 characters save
-        burst = Generator(model_dir, device="cpu", threads=threads, burst=True)
-        variants["generate loop float32, batch 1, burst graph (Generator(burst=True))"] = (
+        burst = Generator(model_dir, device="cpu", threads=threads, burst=True, spinning=True)
+        variants[f"generate loop float32, batch 1, burst graph (Generator(burst=True)){SPIN[True]}"] = (
             lambda n: timed(lambda: burst.generate("", length=n, seed=0))(1) / n, steps)
     return variants
 
@@ -110,8 +135,8 @@ def _onnx(model_dir: Path, threads: int, steps: int) -> dict:
 def _annotate(rows: list[Row], model_dir: Path, same_weights: bool) -> None:
     """Notes for the targets: int8 against float32, batch 64 against batch 1; rows for what was skipped."""
     by = {r.variant: r for r in rows}
-    f32, b64, q8 = (by.get(f"onnx {k} step, batch {b}") for k, b in (("float32", 1), ("float32", BATCH),
-                                                                      ("int8", 1)))
+    f32, b64, q8 = (by.get(f"onnx {k} step, batch {b}{SPIN[True]}") for k, b in (("float32", 1), ("float32", BATCH),
+                                                                                  ("int8", 1)))
     b64.note = f"{f32.us_per_char / b64.us_per_char:.1f}x batch 1's characters/s"
     if q8:
         q8.note = f"{q8.us_per_char / f32.us_per_char:.2f}x float32's time" + _int8_loss(model_dir)

@@ -70,9 +70,17 @@ def timed(call):
     return run
 
 
-def round_robin(variants: dict, repeats: int, log=lambda m: None) -> dict[str, float]:
+GAP = 0.3  # seconds: OpenBLAS workers busy-wait ~0.1 s after their work; ONNX Runtime's and TensorFlow's less
+
+
+def round_robin(variants: dict, repeats: int, log=lambda m: None, gap: float = GAP,
+                runs_out: dict | None = None) -> dict[str, float]:
     """variants: name -> (fn, steps) with fn(steps) -> µs. Warm each up, then time them in turns, `repeats`
-    rounds, and return each one's median: background load hits every variant alike, so ratios hold up."""
+    rounds, and return each one's median: background load hits every variant alike, so ratios hold up.
+    `gap` seconds of sleep before each timed run let the previous variant's idle threads stop spinning
+    (OpenBLAS, ONNX Runtime and TensorFlow workers busy-wait for a while after their work ends): without it a
+    variant ran beside its predecessor's spinning threads, which slowed the numpy floor up to 1.6x and kept
+    the second core awake for whatever came next (`python -m benchmarks.spinning --gap 0` against `--gap 0.3`)."""
     for name, (fn, steps) in variants.items():
         log(f"warming up: {name}")
         fn(max(5, steps // 4))
@@ -80,8 +88,21 @@ def round_robin(variants: dict, repeats: int, log=lambda m: None) -> dict[str, f
     for r in range(repeats):
         log(f"round {r + 1} of {repeats}")
         for name, (fn, steps) in variants.items():
+            if gap:
+                time.sleep(gap)
             runs[name].append(fn(steps))
+    if runs_out is not None:  # every timed run, in round order, for ratios paired round by round
+        runs_out.update(runs)
     return {name: median(values) for name, values in runs.items()}
+
+
+def paired(runs: dict[str, list[float]], name: str, base: str) -> str:
+    """`name`'s time over `base`'s, round by round (each pair timed moments apart): median and quartiles. It
+    shows how far a ratio of medians holds on a machine whose speed drifts during the run."""
+    import numpy as np
+    ratios = [a / b for a, b in zip(runs[name], runs[base])]
+    q1, q2, q3 = np.percentile(ratios, [25, 50, 75])
+    return f"{q2:.2f} (quartiles {q1:.2f}-{q3:.2f}, {len(ratios)} rounds)"
 
 
 class Child:

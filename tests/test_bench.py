@@ -63,8 +63,9 @@ def test_cpu_table_has_every_variant(tmp_path, model_dir):
     assert floor["threads"] == 2
     measured(floor)
     assert by_variant(rows, "numpy floor")["vs_floor"] == pytest.approx(1.0)
-    for name in ("onnx float32 step, batch 1", "onnx int8 step, batch 1", "onnx float32 step, batch 64",
-                 "generate loop float32, batch 1"):
+    for name in ("onnx float32 step, batch 1, spinning", "onnx float32 step, batch 1, sleeping",
+                 "onnx int8 step, batch 1", "onnx float32 step, batch 64", "generate loop float32, batch 1",
+                 "generate loop float32, batch 1 (step + sample), sleeping"):
         row = by_variant(rows, name)
         measured(row)
         assert row["vs_floor"] > 0
