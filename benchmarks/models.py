@@ -4,7 +4,7 @@ By default a random-weight model of the notebook's shape (Embedding 256, LSTM 10
 with the project's own Keras model and `charlstm export` code, then cached: speed depends on the shapes only.
 The same weights go into notebook.npz, so the notebook's loop runs the very same numbers.
 
-    cache/random-v92-e256-u1024-l1/model/         a model folder (model.onnx, model.int8.onnx, model.json)
+    cache/random-v92-e256-u1024-l1/model/         a model folder (model.json and the three .onnx files)
     cache/random-v92-e256-u1024-l1/notebook.npz   vocab + Keras weights for benchmarks/notebook_loop.py
 """
 
@@ -33,6 +33,9 @@ class Shape:
     @property
     def key(self) -> str:
         return f"random-v{self.vocab_size}-e{self.embedding_dim}-u{self.units}-l{self.layers}"
+
+
+FILES = ("model.json", "model.onnx", "model.int8.onnx", "model.burst.onnx")  # what an export writes today
 
 
 def default_cache() -> Path:
@@ -71,8 +74,11 @@ def random_model(shape: Shape, cache: Path | None = None, log=lambda m: None) ->
     """(model folder, notebook.npz) of a random-weight model of `shape`, exported once and reused."""
     folder = Path(cache or default_cache()) / shape.key
     model_dir, npz = folder / "model", folder / "notebook.npz"
-    if (model_dir / "model.json").is_file() and npz.is_file():
+    missing = [name for name in FILES if not (model_dir / name).is_file()]
+    if not missing and npz.is_file():
         return model_dir, npz
+    if (model_dir / "model.json").is_file():  # built by an older export: its rows would be missing, not slower
+        log(f"{model_dir} lacks {', '.join(missing)} (an older export wrote it): building it again")
     from charlstm.extras import require
     require("export", "tensorflow", "keras", "tf2onnx", "onnx")  # building needs them; --model DIR does not
     from export.export import export_model

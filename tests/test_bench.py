@@ -83,7 +83,13 @@ def test_cpu_table_has_every_variant(tmp_path, model_dir):
 def test_builds_a_random_model_and_times_cold_starts(tmp_path):
     rows = bench(tmp_path, "--vocab-size", 20, "--embedding-dim", 8, "--units", 16, "--steps", 10, "--repeats", 1,
                  "--threads", 1, "--cold", "--cold-runs", 1, "--length", 20)
-    assert (tmp_path / "cache" / "random-v20-e8-u16-l1" / "model" / "model.int8.onnx").is_file()
+    model_dir = tmp_path / "cache" / "random-v20-e8-u16-l1" / "model"
+    assert (model_dir / "model.int8.onnx").is_file()
+    measured(by_variant(rows, "generate loop float32, batch 1, burst graph"))
+    (model_dir / "model.burst.onnx").unlink()  # what an export from before the burst graph left in a cache
+    from benchmarks.models import Shape, random_model
+    assert random_model(Shape(20, 8, 16, 1), tmp_path / "cache")[0] == model_dir
+    assert (model_dir / "model.burst.onnx").is_file()
     assert by_variant(rows, "notebook loop")["note"].startswith("same weights")
     generate, notebook = by_variant(rows, "cold: charlstm generate"), by_variant(rows, "cold: notebook script")
     measured(generate)
