@@ -61,6 +61,10 @@ def main() -> None:
             variants[f"step, {name}"] = (timed(lambda g=gen: g.stepper.step(np.zeros(1, np.int64))), args.steps)
             variants[f"generate loop, {name}"] = (
                 lambda n, g=gen: timed(lambda: g.generate("", length=n, seed=0))(1) / n, args.steps)
+            if m.burst is not None:
+                burst = Generator(args.model, device="cpu", threads=threads, spinning=spin, burst=True)
+                variants[f"burst loop, {name}"] = (
+                    lambda n, g=burst: timed(lambda: g.generate("", length=n, seed=0))(1) / n, args.steps)
         medians = round_robin(variants, args.repeats, log=lambda s: print(s, file=sys.stderr, flush=True),
                               gap=args.gap)
     finally:

@@ -150,10 +150,8 @@ def serve(fn) -> None:
 
 def cpu_count() -> int:
     """The cores this process may run on (a container or taskset may allow fewer than the machine has)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
+    from runtime.session import usable_cores
+    return usable_cores()
 
 
 def machine() -> dict:

@@ -162,3 +162,12 @@ def test_stepper_slots_are_kept_and_zeroed_per_batch_size(model_dir):
     assert gen.generate("ROMEO:", length=40, seed=3) == want[0]  # batch 1: a second slot
     assert gen.generate("ROMEO:", length=40, seed=3, num_samples=2) == want  # the first slot again, zeroed
     assert sorted(stepper.slots) == [1, 2] and [s.index for s in stepper.slots.values()] == [0, 1]
+
+
+def test_beside_a_cpu_burst_session_the_step_session_workers_sleep(model_dir):
+    def spinning(session):
+        return session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+
+    gen = Generator(model_dir, device="cpu", burst=True, spinning=True)
+    assert spinning(gen.stepper.burst_session) == "1" and spinning(gen.session) == "0"
+    assert spinning(Generator(model_dir, device="cpu", burst=False, spinning=True).session) == "1"
