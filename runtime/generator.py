@@ -71,7 +71,7 @@ class Generator:
         self.session, self.device, self.device_note = open_session(self.path, step_config)
         check_contract(self.session, self.manifest, self.path)
         burst_session = None
-        if burst is None:  # on the CPU a burst run saves ~5% a character but its load costs ~0.1-0.2 s
+        if burst is None:  # on the CPU a burst run saves 10-20% a character but its load costs ~0.1-0.2 s
             burst = self.device == "cuda"
         if burst and not int8 and self.manifest.burst is not None:  # the burst file reads model.onnx
             path = self.manifest.burst_path()

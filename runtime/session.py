@@ -65,9 +65,9 @@ def auto_spinning(threads: int, cores: int, load: float | None) -> tuple[bool, s
     """Whether ONNX Runtime's workers should busy-wait between parallel sections, and why (for --verbose).
 
     A sleeping worker has to be woken for every step, and on an idle (virtual) machine that costs more than the
-    step's arithmetic: spinning made the notebook-size CPU step 1.3-1.9x faster there (`charlstm bench`). Beside a
-    process that keeps a core busy, spinning workers fight it for the core, and the step took 1.4-2.0x as long
-    as with sleeping ones (`python -m benchmarks.spinning --busy 1`). So: spin when the 1-minute load average
+    step's arithmetic: spinning made the notebook-size CPU step 1.1-1.9x faster there (five `charlstm bench` runs).
+    Beside a process that keeps a core busy, spinning workers fight it for the core, and the step took twice as
+    long as with sleeping ones (`python -m benchmarks.spinning --busy 1`). So: spin when the 1-minute load average
     leaves at least half the usable cores idle, otherwise sleep. One thread has no workers to wake."""
     threads = threads or cores
     if threads <= 1:
