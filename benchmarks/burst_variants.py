@@ -1,10 +1,13 @@
-"""Burst-graph variants on the GPU: how many steps a run, and which op picks the character.
+"""Burst-graph variants on the GPU: how many steps a run, which op picks the character, and how a cell is built.
 
-    python -m benchmarks.burst_variants --model DIR --build   # here (needs onnx): writes DIR/variant-*.onnx
-    python -m benchmarks.burst_variants --model DIR           # on the GPU machine: times every variant file
+    python -m benchmarks.burst_variants --model DIR --build [--weights NPZ]  # here: writes DIR/variant-*.onnx
+    python -m benchmarks.burst_variants --model DIR                          # on the GPU machine: times them
 
 Each variant file sits beside DIR/model.onnx and reads its weights from it (as model.burst.onnx does); it is
 timed with the runtime's own stepper (IOBinding, two state buffer sets, CUDA graphs), zero noise, batch 1 and 64.
+With --weights (the bench cache's notebook.npz of the same model) the build also writes the LSTM-node variants
+of export/lstm_op.py: variant-lstmop-step.onnx (a step graph with its own weights, timed as a step and checked
+against model.onnx on the GPU) and variant-lstmop-16.onnx (its burst graph, reading the step file's weights).
 """
 
 from __future__ import annotations
@@ -22,14 +25,37 @@ import numpy as np  # noqa: E402
 from benchmarks.timing import per_call_us  # noqa: E402
 
 
-def build(model_dir: Path) -> list[Path]:
+def build_lstm_op(model_dir: Path, npz: Path) -> list[Path]:
+    """variant-lstmop-step.onnx and variant-lstmop-16.onnx from the Keras weights in `npz` (export/lstm_op.py)."""
+    import onnx
+
+    from export import burst, lstm_op
+    from export.step_graph import folded
+    from training.model import Weights
+
+    a = np.load(npz)
+    layers = sum(1 for name in a.files if name.startswith("recurrent_kernel_"))
+    w = Weights(embedding=a["embedding"], kernels=[a[f"kernel_{i}"] for i in range(layers)],
+                recurrent_kernels=[a[f"recurrent_kernel_{i}"] for i in range(layers)],
+                biases=[a[f"bias_{i}"] for i in range(layers)], dense_kernel=a["dense_kernel"],
+                dense_bias=a["dense_bias"])
+    step = model_dir / "variant-lstmop-step.onnx"
+    data = lstm_op.step_model(folded(w), layers).SerializeToString()
+    step.write_bytes(data)
+    unrolled = burst.link_weights(burst.unroll(onnx.load_from_string(data), burst.STEPS), data, location=step.name)
+    path = model_dir / f"variant-lstmop-{burst.STEPS}.onnx"
+    path.write_bytes(unrolled.SerializeToString())
+    return [step, path]
+
+
+def build(model_dir: Path, npz: Path | None = None) -> list[Path]:
     import onnx
     from onnx import helper
 
     from export import burst
 
     step_bytes = (model_dir / "model.onnx").read_bytes()
-    written = []
+    written = build_lstm_op(model_dir, npz) if npz is not None else []
     for steps in (8, 16, 32):  # 64 cannot be captured: CUDA graphs take a Concat of at most 32 inputs
         graph = burst.unroll(onnx.load_from_string(step_bytes), steps)
         if steps == 16:  # the same graph with TopK(k=1) in place of ArgMax
@@ -57,22 +83,31 @@ def build(model_dir: Path) -> list[Path]:
     return written
 
 
-def measure(model_dir: Path, runs: int, repeats: int) -> None:
+def measure(model_dir: Path, runs: int, repeats: int, device: str = "cuda") -> None:
+    """Time every variant file on `device` ("cpu": a dry run of this script before GPU time is spent on it)."""
     from runtime import Generator
     from runtime.session import BoundStepper, SessionConfig, load_session
 
-    gen = Generator(model_dir, device="cuda", burst=False)
-    if gen.device != "cuda":
+    gen = Generator(model_dir, device=device, burst=False)
+    if gen.device != device:
         print("skipped: CUDA did not start", file=sys.stderr)
         return
-    config = SessionConfig(device="cuda")
+    config = SessionConfig(device=device)
     print(f"{'variant':28} {'batch':>5} {'us/char':>8}")
+    for path in [model_dir / "model.onnx", *sorted(model_dir.glob("variant-*-step.onnx"))]:
+        _time_step(path, gen, config, runs, repeats)
     for path in sorted(model_dir.glob("variant-*.onnx")):
+        if path.stem.endswith("-step"):
+            continue
         steps = int(path.stem.rsplit("-", 1)[1])
         manifest = dataclasses.replace(gen.manifest, burst=dataclasses.replace(
             gen.manifest.burst, file=path.name, steps=steps))
-        session = load_session(path, config, "cuda")
-        stepper = BoundStepper(gen.session, manifest, "cuda", session, graphs=True)
+        try:
+            session = load_session(path, config, device)
+        except Exception as e:  # noqa: BLE001 - report the variant that failed, time the others
+            print(f"{path.stem:28} did not load: {str(e).strip().splitlines()[-1][:120]}", flush=True)
+            continue
+        stepper = BoundStepper(gen.session, manifest, device, session, graphs=True)
         for batch in (1, 64):
             stepper.reset(batch)
             ids = np.zeros(batch, np.int64)
@@ -85,18 +120,45 @@ def measure(model_dir: Path, runs: int, repeats: int) -> None:
             print(f"{path.stem:28} {batch:5d} {us / steps / batch:8.2f}", flush=True)
 
 
+def _time_step(path: Path, gen, config, runs: int, repeats: int) -> None:
+    """A step graph on CUDA with CUDA graphs: µs a character at batch 1 and 64, and (for a variant) its logits
+    against model.onnx's over 64 steps of the same tokens on the same device."""
+    from runtime.session import BoundStepper, load_session
+
+    try:
+        session = gen.session if path.name == "model.onnx" else load_session(path, config, gen.device)
+        stepper = BoundStepper(session, gen.manifest, gen.device, graphs=True)
+        if path.name != "model.onnx":  # a session of its own: the timed stepper's graph ids are on gen.session
+            plain = load_session(gen.path, dataclasses.replace(config, cuda_graph=False), gen.device)
+            reference = BoundStepper(plain, gen.manifest, gen.device)
+            stepper.reset(2), reference.reset(2)
+            tokens = np.random.default_rng(0).integers(0, len(gen.itos), (64, 2))
+            diff = max(float(np.abs(stepper.step(t) - reference.step(t)).max()) for t in tokens)
+            print(f"{path.stem:28} logits against model.onnx, 64 steps on {gen.device}: max difference {diff:.2e}")
+        for batch in (1, 64):
+            stepper.reset(batch)
+            ids = np.zeros(batch, np.int64)
+            us = per_call_us(lambda: stepper.step(ids), runs * 16, repeats, warmup=16)
+            print(f"{path.stem + ' (step)':28} {batch:5d} {us / batch:8.2f}", flush=True)
+    except Exception as e:  # noqa: BLE001 - report the variant that failed, time the others
+        print(f"{path.stem:28} did not run: {str(e).strip().splitlines()[-1][:120]}", flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description="burst-graph variants (see the module docstring)")
     p.add_argument("--model", type=Path, required=True)
     p.add_argument("--build", action="store_true", help="write the variant files (needs onnx)")
+    p.add_argument("--weights", type=Path, default=None, help="with --build: the model's notebook.npz, for the "
+                                                               "LSTM-node variants")
     p.add_argument("--runs", type=int, default=60, help="16-step runs' worth of characters per timing")
     p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="cpu: a dry run of the timing code")
     args = p.parse_args()
     if args.build:
-        for path in build(args.model):
+        for path in build(args.model, args.weights):
             print(path)
     else:
-        measure(args.model, args.runs, args.repeats)
+        measure(args.model, args.runs, args.repeats, args.device)
 
 
 if __name__ == "__main__":

@@ -38,9 +38,10 @@ def _consts(g: onnx.GraphProto) -> dict[str, np.ndarray]:
     return {t.name: numpy_helper.to_array(t) for t in g.initializer}
 
 
-def _layer_reads(g: onnx.GraphProto, state: str, layers: int) -> dict[int, str] | None:
-    """layer -> the tensor [batch, units] the step reads state[layer] into: Slice or Gather on axis 0 of the
-    state input, then Squeeze. None when the step reads its state some other way."""
+def _layer_reads(g: onnx.GraphProto, state: str, layers: int) -> tuple[dict[int, str], bool] | None:
+    """(layer -> the tensor the step reads state[layer] into, squeezed): Slice or Gather on axis 0 of the state
+    input, then Squeeze to [batch, units] (the traced step), or not, [1, batch, units] (export/lstm_op.py).
+    None when the step reads its state some other way."""
     consts, found = _consts(g), {}
     squeezes = {n.input[0]: n for n in g.node if n.op_type == "Squeeze"}
     for n in g.node:
@@ -58,26 +59,27 @@ def _layer_reads(g: onnx.GraphProto, state: str, layers: int) -> dict[int, str] 
                 return None
         except KeyError:  # not a constant index
             return None
-        squeeze = squeezes.get(n.output[0])
-        if layer is None or squeeze is None:
+        if layer is None:
             return None
-        found[layer] = squeeze.output[0]
-    return found if sorted(found) == list(range(layers)) else None
+        squeeze = squeezes.get(n.output[0])
+        found[layer] = (squeeze.output[0], True) if squeeze is not None else (n.output[0], False)
+    if sorted(found) != list(range(layers)) or len({sq for _, sq in found.values()}) != 1:
+        return None
+    return {i: t for i, (t, _) in found.items()}, found[0][1]
 
 
-def _layer_writes(g: onnx.GraphProto, state_out: str) -> list[str] | None:
-    """The per-layer tensors [batch, units] that Unsqueeze + Concat(axis 0) stack into a state output."""
+def _layer_writes(g: onnx.GraphProto, state_out: str) -> tuple[list[str], bool] | None:
+    """(the per-layer tensors that Concat(axis 0) stacks into a state output, unsqueezed): [batch, units] each
+    through an Unsqueeze (the traced step), or [1, batch, units] each as they are (export/lstm_op.py)."""
     producer = {o: n for n in g.node for o in n.output}
     concat = producer.get(state_out)
     if concat is None or concat.op_type != "Concat":
         return None
-    parts = []
-    for x in concat.input:
-        u = producer.get(x)
-        if u is None or u.op_type != "Unsqueeze":
-            return None
-        parts.append(u.input[0])
-    return parts
+    kinds = {producer[x].op_type == "Unsqueeze" for x in concat.input if x in producer}
+    if len(kinds) != 1 or any(x not in producer for x in concat.input):
+        return None
+    unsqueezed = kinds.pop()
+    return [producer[x].input[0] if unsqueezed else x for x in concat.input], unsqueezed
 
 
 def _prune(nodes: list, outputs: list[str]) -> list:
@@ -104,9 +106,11 @@ def unroll(step: onnx.ModelProto, steps: int = STEPS) -> onnx.ModelProto:
     shared = {t.name for t in g.initializer}
     vocab = next(o for o in g.output if o.name == OUTPUTS["logits"]).type.tensor_type.shape.dim[1].dim_value
     layers = next(i for i in g.input if i.name == INPUTS["h"]).type.tensor_type.shape.dim[0].dim_value
-    reads = [_layer_reads(g, INPUTS[s], layers) for s in ("h", "c")]
-    writes = [_layer_writes(g, OUTPUTS[s]) for s in ("h", "c")]
-    short_circuit = all(r is not None for r in reads) and all(w is not None for w in writes)
+    found = [_layer_reads(g, INPUTS[s], layers) for s in ("h", "c")] + \
+        [_layer_writes(g, OUTPUTS[s]) for s in ("h", "c")]
+    # a step's per-layer writes can feed the next step's per-layer reads when both have the same shape
+    short_circuit = all(f is not None for f in found) and len({f[1] for f in found}) == 1
+    reads, writes = ([f[0] for f in found[:2]], [f[0] for f in found[2:]]) if short_circuit else (None, None)
     noise = [f"noise/s{k}" for k in range(steps)]
     nodes = [helper.make_node("Split", ["noise"], noise, axis=0, name="noise/split", **(
         {"num_outputs": steps} if max(o.version for o in step.opset_import if o.domain in ("", "ai.onnx")) >= 18
@@ -131,7 +135,7 @@ def unroll(step: onnx.ModelProto, steps: int = STEPS) -> onnx.ModelProto:
             copy.name = f"{n.name or n.op_type}/n{j}/s{k}"  # unique even where the step's names are not
             del copy.input[:], copy.output[:]
             copy.input.extend(name(x) for x in n.input)
-            copy.output.extend(f"{x}/s{k}" for x in n.output)
+            copy.output.extend(x and f"{x}/s{k}" for x in n.output)  # "" is an output left out (LSTM's Y)
             nodes.append(copy)
         # noise/s{k} is [1, batch, vocab]: the sum broadcasts to [1, batch, vocab], its argmax is a [1, batch] row
         nodes += [helper.make_node("Add", [f"{OUTPUTS['logits']}/s{k}", noise[k]], [f"scored/s{k}"],

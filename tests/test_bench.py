@@ -80,7 +80,7 @@ def test_cpu_table_has_every_variant(tmp_path, model_dir):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not HAS_TF or find_spec("tf2onnx") is None, reason="the `export` extra is not installed")
-def test_builds_a_random_model_and_times_cold_starts(tmp_path):
+def test_builds_a_random_model_and_times_cold_starts(tmp_path, capsys):
     rows = bench(tmp_path, "--vocab-size", 20, "--embedding-dim", 8, "--units", 16, "--steps", 10, "--repeats", 1,
                  "--threads", 1, "--cold", "--cold-runs", 1, "--length", 20)
     model_dir = tmp_path / "cache" / "random-v20-e8-u16-l1" / "model"
@@ -90,6 +90,15 @@ def test_builds_a_random_model_and_times_cold_starts(tmp_path):
     from benchmarks.models import Shape, random_model
     assert random_model(Shape(20, 8, 16, 1), tmp_path / "cache")[0] == model_dir
     assert (model_dir / "model.burst.onnx").is_file()
+    # the GPU machine's variant script, built here and dry-run on the CPU
+    from benchmarks import burst_variants
+    written = {p.name for p in burst_variants.build(model_dir, model_dir.parent / "notebook.npz")}
+    assert {"variant-lstmop-step.onnx", "variant-lstmop-16.onnx", "variant-argmax-16.onnx"} <= written
+    capsys.readouterr()
+    burst_variants.measure(model_dir, runs=1, repeats=1, device="cpu")
+    out = capsys.readouterr().out
+    assert "variant-lstmop-16" in out and "did not" not in out, out
+    assert float(re.search(r"max difference (\S+)", out).group(1)) <= 1e-4
     assert by_variant(rows, "notebook loop")["note"].startswith("same weights")
     generate, notebook = by_variant(rows, "cold: charlstm generate"), by_variant(rows, "cold: notebook script")
     measured(generate)
