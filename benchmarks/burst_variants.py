@@ -83,65 +83,86 @@ def build(model_dir: Path, npz: Path | None = None) -> list[Path]:
     return written
 
 
+PLAIN_TOO = ("variant-argmax-16", "variant-lstmop-16")  # also timed without CUDA graphs, for the lever's size
+
+
 def measure(model_dir: Path, runs: int, repeats: int, device: str = "cuda") -> None:
-    """Time every variant file on `device` ("cpu": a dry run of this script before GPU time is spent on it)."""
+    """Time every variant file on `device` ("cpu": a dry run of this script before GPU time is spent on it).
+    CUDA graphs first; a variant that cannot be captured is timed without them, so it still gets a figure."""
     from runtime import Generator
-    from runtime.session import BoundStepper, SessionConfig, load_session
+    from runtime.session import SessionConfig
 
     gen = Generator(model_dir, device=device, burst=False)
     if gen.device != device:
         print("skipped: CUDA did not start", file=sys.stderr)
         return
     config = SessionConfig(device=device)
-    print(f"{'variant':28} {'batch':>5} {'us/char':>8}")
+    print(f"{'variant':36} {'batch':>5} {'us/char':>8}")
     for path in [model_dir / "model.onnx", *sorted(model_dir.glob("variant-*-step.onnx"))]:
-        _time_step(path, gen, config, runs, repeats)
+        if not _time_step(path, gen, config, runs, repeats, graphs=True) or path.stem.startswith("variant"):
+            _time_step(path, gen, config, runs, repeats, graphs=False)
     for path in sorted(model_dir.glob("variant-*.onnx")):
         if path.stem.endswith("-step"):
             continue
-        steps = int(path.stem.rsplit("-", 1)[1])
-        manifest = dataclasses.replace(gen.manifest, burst=dataclasses.replace(
-            gen.manifest.burst, file=path.name, steps=steps))
-        try:
-            session = load_session(path, config, device)
-        except Exception as e:  # noqa: BLE001 - report the variant that failed, time the others
-            print(f"{path.stem:28} did not load: {str(e).strip().splitlines()[-1][:120]}", flush=True)
-            continue
-        stepper = BoundStepper(gen.session, manifest, device, session, graphs=True)
+        if not _time_burst(path, gen, config, runs, repeats, graphs=True) or path.stem in PLAIN_TOO:
+            _time_burst(path, gen, config, runs, repeats, graphs=False)
+
+
+def _label(path: Path, graphs: bool, what: str = "") -> str:
+    return f"{path.stem}{what}{'' if graphs else ', no graphs'}"
+
+
+def _failed(label: str, e: Exception) -> bool:
+    print(f"{label:36} did not run: {str(e).strip().splitlines()[-1][:120]}", flush=True)
+    return False
+
+
+def _time_burst(path: Path, gen, config, runs: int, repeats: int, graphs: bool) -> bool:
+    """A burst file's µs a character at batch 1 and 64 (zero noise); False when it did not run."""
+    from runtime.session import BoundStepper, load_session
+
+    steps = int(path.stem.rsplit("-", 1)[1])
+    manifest = dataclasses.replace(gen.manifest, burst=dataclasses.replace(gen.manifest.burst, file=path.name,
+                                                                           steps=steps))
+    label = _label(path, graphs)
+    try:
+        session = load_session(path, dataclasses.replace(config, cuda_graph=graphs), gen.device)
+        stepper = BoundStepper(gen.session, manifest, gen.device, session, graphs=graphs)
         for batch in (1, 64):
             stepper.reset(batch)
             ids = np.zeros(batch, np.int64)
             noise = np.zeros((steps, batch, len(gen.itos)), np.float32)
-            try:
-                us = per_call_us(lambda: stepper.burst(ids, noise), max(4, runs * 16 // steps), repeats, warmup=8)
-            except Exception as e:  # noqa: BLE001 - report the variant that failed, time the others
-                print(f"{path.stem:28} {batch:5d} did not run: {str(e).strip().splitlines()[-1][:120]}", flush=True)
-                break
-            print(f"{path.stem:28} {batch:5d} {us / steps / batch:8.2f}", flush=True)
+            us = per_call_us(lambda: stepper.burst(ids, noise), max(4, runs * 16 // steps), repeats, warmup=8)
+            print(f"{label:36} {batch:5d} {us / steps / batch:8.2f}", flush=True)
+    except Exception as e:  # noqa: BLE001 - report the variant that failed, time the others
+        return _failed(label, e)
+    return True
 
 
-def _time_step(path: Path, gen, config, runs: int, repeats: int) -> None:
-    """A step graph on CUDA with CUDA graphs: µs a character at batch 1 and 64, and (for a variant) its logits
-    against model.onnx's over 64 steps of the same tokens on the same device."""
+def _time_step(path: Path, gen, config, runs: int, repeats: int, graphs: bool) -> bool:
+    """A step graph's µs a character at batch 1 and 64, and (for a variant) its logits against model.onnx's
+    over 64 steps of the same tokens on the same device; False when it did not run."""
     from runtime.session import BoundStepper, load_session
 
+    label = _label(path, graphs, " (step)")
     try:
-        session = gen.session if path.name == "model.onnx" else load_session(path, config, gen.device)
-        stepper = BoundStepper(session, gen.manifest, gen.device, graphs=True)
-        if path.name != "model.onnx":  # a session of its own: the timed stepper's graph ids are on gen.session
+        session = load_session(path, dataclasses.replace(config, cuda_graph=graphs), gen.device)
+        stepper = BoundStepper(session, gen.manifest, gen.device, graphs=graphs)
+        if path.name != "model.onnx":
             plain = load_session(gen.path, dataclasses.replace(config, cuda_graph=False), gen.device)
             reference = BoundStepper(plain, gen.manifest, gen.device)
             stepper.reset(2), reference.reset(2)
             tokens = np.random.default_rng(0).integers(0, len(gen.itos), (64, 2))
             diff = max(float(np.abs(stepper.step(t) - reference.step(t)).max()) for t in tokens)
-            print(f"{path.stem:28} logits against model.onnx, 64 steps on {gen.device}: max difference {diff:.2e}")
+            print(f"{label:36} logits against model.onnx, 64 steps on {gen.device}: max difference {diff:.2e}")
         for batch in (1, 64):
             stepper.reset(batch)
             ids = np.zeros(batch, np.int64)
             us = per_call_us(lambda: stepper.step(ids), runs * 16, repeats, warmup=16)
-            print(f"{path.stem + ' (step)':28} {batch:5d} {us / batch:8.2f}", flush=True)
+            print(f"{label:36} {batch:5d} {us / batch:8.2f}", flush=True)
     except Exception as e:  # noqa: BLE001 - report the variant that failed, time the others
-        print(f"{path.stem:28} did not run: {str(e).strip().splitlines()[-1][:120]}", flush=True)
+        return _failed(label, e)
+    return True
 
 
 def main() -> None:
