@@ -79,7 +79,7 @@ def round_robin(variants: dict, repeats: int, log=lambda m: None, gap: float = G
     rounds, and return each one's median: background load hits every variant alike, so ratios hold up.
     `gap` seconds of sleep before each timed run let the previous variant's idle threads stop spinning
     (OpenBLAS, ONNX Runtime and TensorFlow workers busy-wait for a while after their work ends): without it a
-    variant ran beside its predecessor's spinning threads, which slowed the numpy floor up to 1.6x and kept
+    variant ran beside its predecessor's spinning threads, which slowed the numpy floor 1.5-1.7x and kept
     the second core awake for whatever came next (`python -m benchmarks.spinning --gap 0` against `--gap 0.3`)."""
     for name, (fn, steps) in variants.items():
         log(f"warming up: {name}")
