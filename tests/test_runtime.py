@@ -199,3 +199,17 @@ def test_spinning_or_not_the_text_is_the_same(model_dir, gen):
     assert "spinning CPU workers (as asked)" == Generator(model_dir, device="cpu", spinning=True).spinning_note
     with pytest.raises(InputError, match="spinning 'yes'"):
         SessionConfig(spinning="yes")
+
+
+def test_the_step_loop_draws_what_next_ids_would_draw_step_by_step(gen):
+    from runtime.generator import NOISE_BLOCK
+    from runtime.sampling import SamplingParams, next_ids, row_generators
+    length, rows = 2 * NOISE_BLOCK + 5, 2  # across block boundaries
+    texts = gen.generate("AB", length=length, temperature=0.8, seed=11, num_samples=rows)
+    rngs, params = row_generators(11, rows), SamplingParams(temperature=0.8)
+    logits, picks = gen.prime(gen.encode("AB"), rows), []
+    for _ in range(length):
+        picked = next_ids(logits, params, rngs)
+        picks.append(picked)
+        logits = gen.stepper.step(picked)
+    assert texts == ["".join(gen.itos[int(p[row])] for p in picks) for row in range(rows)]
