@@ -68,10 +68,13 @@ def auto_spinning(threads: int, cores: int, load: float | None) -> tuple[bool, s
     step's arithmetic: spinning made the notebook-size CPU step 1.1-1.9x faster there (five `charlstm bench` runs).
     Beside a process that keeps a core busy, spinning workers fight it for the core, and the step took twice as
     long as with sleeping ones (`python -m benchmarks.spinning --busy 1`). So: spin when the 1-minute load average
-    leaves at least half the usable cores idle, otherwise sleep. One thread has no workers to wake."""
+    leaves at least half the usable cores idle, otherwise sleep. One thread has no workers to wake, and more
+    threads than cores must not spin."""
     threads = threads or cores
     if threads <= 1:
         return False, "one thread"
+    if threads > cores:  # a spinning worker would hold a core another thread of ours is waiting for
+        return False, f"{threads} threads on {cores} usable cores"
     if load is None:
         return False, "no load average on this system"
     if load < cores / 2:

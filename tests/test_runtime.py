@@ -187,6 +187,7 @@ def test_workers_spin_only_when_the_machine_is_idle():
     assert not auto_spinning(0, cores=2, load=1.0)[0]  # a busy process on one of two cores
     assert auto_spinning(8, cores=16, load=7.9)[0] and not auto_spinning(8, cores=16, load=8.0)[0]
     assert not auto_spinning(1, cores=16, load=0.0)[0]  # one thread has no workers to keep awake
+    assert not auto_spinning(4, cores=2, load=0.0)[0]  # more threads than cores
     spin, why = auto_spinning(0, cores=4, load=None)
     assert not spin and "no load average" in why
 
