@@ -19,7 +19,7 @@ import numpy as np  # noqa: E402
 
 from benchmarks.timing import round_robin, timed  # noqa: E402
 from runtime.generator import NOISE_BLOCK  # noqa: E402
-from runtime.sampling import SamplingParams, gumbel_noise, gumbel_uniforms, next_ids, row_generators  # noqa: E402
+from runtime.sampling import SamplingParams, next_ids, noise_rows, row_generators  # noqa: E402
 
 
 def main() -> None:
@@ -30,14 +30,10 @@ def main() -> None:
     args = p.parse_args()
     rngs, params = row_generators(0, args.batch), SamplingParams(temperature=0.5)
     logits = np.random.default_rng(1).standard_normal((args.batch, args.vocab)).astype(np.float32)
-    state = {"block": np.empty((0,)), "used": 0}
+    rows = noise_rows(rngs, args.vocab, 0.5, 10**9, NOISE_BLOCK)
 
     def blocked():
-        if state["used"] == len(state["block"]):
-            state["block"] = gumbel_noise(gumbel_uniforms(rngs, args.vocab, NOISE_BLOCK), 0.5)
-            state["used"] = 0
-        np.argmax(logits + state["block"][state["used"]], axis=-1).astype(np.int64)
-        state["used"] += 1
+        np.argmax(logits + next(rows), axis=-1).astype(np.int64)
 
     variants = {"next_ids (one draw a step)": (timed(lambda: next_ids(logits, params, rngs)), 20 * NOISE_BLOCK),
                 f"a block of {NOISE_BLOCK} steps' noise": (timed(blocked), 20 * NOISE_BLOCK)}

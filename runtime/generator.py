@@ -20,7 +20,8 @@ import numpy as np
 
 from runtime.errors import InputError
 from runtime.manifest import Manifest, default_model_dir, load_manifest
-from runtime.sampling import SamplingParams, gumbel_noise, gumbel_uniforms, next_ids, row_generators
+from runtime.sampling import (SamplingParams, gumbel_noise, gumbel_uniforms, next_ids, noise_rows,
+                              row_generators)
 from runtime.session import (SessionConfig, check_burst, check_contract, load_session, make_stepper, open_session,
                              resolve_spinning)
 
@@ -180,9 +181,9 @@ class Generator:
             # computes (ONNX Runtime releases the GIL); a small batch's costs less than the hand-over.
             ahead = self._helper().submit(noise) if n * vocab * steps >= PREFETCH_MIN and not sampling.greedy \
                 else None
-        elif sampling.plain and not sampling.greedy:  # the step loop's noise, drawn a block of steps at a time
-            vocab, temperature = len(self.itos), sampling.temperature
-            block, used = np.empty((0, n, vocab), np.float32), 0
+        gumbel = not burst and sampling.plain and not sampling.greedy  # the step loop samples by Gumbel-max
+        if gumbel:  # as gumbel_max and the burst graph do, the noise drawn NOISE_BLOCK steps at a time
+            rows = noise_rows(rngs, len(self.itos), sampling.temperature, search.length - made, NOISE_BLOCK)
         while made < search.length and not all(done):
             if burst:
                 k = min(steps, search.length - made)
@@ -197,15 +198,10 @@ class Generator:
                 made += k
             else:
                 logits = self.stepper.step(picked)  # feed back
-                if sampling.plain and not sampling.greedy:  # sample: Gumbel-max, as gumbel_max and the burst do
-                    if used == len(block):  # the same uniforms as one draw a step, with fewer numpy calls
-                        block = gumbel_noise(gumbel_uniforms(rngs, vocab, min(NOISE_BLOCK, search.length - made)),
-                                             temperature)
-                        used = 0
-                    picked = np.argmax(logits + block[used], axis=-1).astype(np.int64)
-                    used += 1
+                if gumbel:  # sample
+                    picked = np.argmax(logits + next(rows), axis=-1).astype(np.int64)
                 else:
-                    picked = next_ids(logits, sampling, rngs)  # sample
+                    picked = next_ids(logits, sampling, rngs)
                 yield emit([self.itos[int(i)] for i in picked])
                 made += 1
 

@@ -9,6 +9,8 @@ many rows run beside it.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import math
 from dataclasses import dataclass
 
@@ -149,6 +151,16 @@ def gumbel_uniforms(rngs: list[np.random.Generator], vocab: int, steps: int | No
     if steps is None:
         return np.stack([r.random(vocab, dtype=np.float32) for r in rngs])
     return np.stack([r.random((steps, vocab), dtype=np.float32) for r in rngs], axis=1)
+
+
+def noise_rows(rngs: list[np.random.Generator], vocab: int, temperature: float, count: int,
+               block: int) -> Iterator[np.ndarray]:
+    """`count` rows of gumbel_noise, [batch, vocab] each, one a step: drawn `block` steps at a time (fewer numpy
+    calls), the very uniforms that one gumbel_uniforms call a step would draw."""
+    while count > 0:
+        size = min(block, count)
+        yield from gumbel_noise(gumbel_uniforms(rngs, vocab, size), temperature)
+        count -= size
 
 
 def next_ids(logits: np.ndarray, params: SamplingParams, rngs: list[np.random.Generator]) -> np.ndarray:
