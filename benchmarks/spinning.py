@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 
 from benchmarks.cpu import FLOOR_CODE, floor_shapes  # noqa: E402
 from benchmarks.models import Shape  # noqa: E402
-from benchmarks.timing import GAP, Child, cpu_count, describe, machine, round_robin, timed  # noqa: E402
+from benchmarks.timing import GAP, SETTLE, Child, cpu_count, describe, machine, round_robin, timed  # noqa: E402
 
 BUSY_CODE = "while True: pass"
 
@@ -38,6 +38,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=11, help="rounds; the median is reported")
     p.add_argument("--gap", type=float, default=GAP, help="seconds of sleep before each timed run (0: none, to see "
                                                          "what the spinning threads of one variant do to the next)")
+    p.add_argument("--settle", type=float, default=SETTLE, help="seconds of untimed calls after the gap (0: none)")
     args = p.parse_args()
     threads = args.threads or cpu_count()
     from runtime import Generator
@@ -66,7 +67,7 @@ def main() -> None:
                 variants[f"burst loop, {name}"] = (
                     lambda n, g=burst: timed(lambda: g.generate("", length=n, seed=0))(1) / n, args.steps)
         medians = round_robin(variants, args.repeats, log=lambda s: print(s, file=sys.stderr, flush=True),
-                              gap=args.gap)
+                              gap=args.gap, settle=args.settle)
     finally:
         for child in children:
             child.close()

@@ -71,26 +71,40 @@ def timed(call):
 
 
 GAP = 0.3  # seconds: OpenBLAS workers busy-wait ~0.1 s after their work; ONNX Runtime's and TensorFlow's less
+SETTLE = 0.03  # seconds of untimed calls after the gap: the first calls after it can run slower (benchmarks.settle)
 
 
-def round_robin(variants: dict, repeats: int, log=lambda m: None, gap: float = GAP,
+def round_robin(variants: dict, repeats: int, log=lambda m: None, gap: float = GAP, settle: float = SETTLE,
                 runs_out: dict | None = None) -> dict[str, float]:
     """variants: name -> (fn, steps) with fn(steps) -> µs. Warm each up, then time them in turns, `repeats`
     rounds, and return each one's median: background load hits every variant alike, so ratios hold up.
     `gap` seconds of sleep before each timed run let the previous variant's idle threads stop spinning
     (OpenBLAS, ONNX Runtime and TensorFlow workers busy-wait for a while after their work ends): without it a
     variant ran beside its predecessor's spinning threads, which slowed the numpy floor 1.5-1.7x and kept
-    the second core awake for whatever came next (`python -m benchmarks.spinning --gap 0` against `--gap 0.3`)."""
+    the second core awake for whatever came next (`python -m benchmarks.spinning --gap 0` against `--gap 0.3`).
+    Then `settle` seconds of untimed calls, so that each timed run is the steady state: after the gap the
+    first 200 calls of a variant ran up to 1.3x slower than the next 800, which variant varied from run to
+    run (`python -m benchmarks.settle`: benchmarks/results/settle-epyc2-2026-11-27.txt)."""
+    wall: dict[str, float] = {}  # seconds per unit of fn's argument, for the settle calls
+
+    def call(name: str, n: int) -> float:
+        start = time.perf_counter()
+        us = variants[name][0](n)
+        wall[name] = (time.perf_counter() - start) / n
+        return us
+
     for name, (fn, steps) in variants.items():
         log(f"warming up: {name}")
-        fn(max(5, steps // 4))
+        call(name, max(5, steps // 4))
     runs: dict[str, list[float]] = {name: [] for name in variants}
     for r in range(repeats):
         log(f"round {r + 1} of {repeats}")
         for name, (fn, steps) in variants.items():
             if gap:
                 time.sleep(gap)
-            runs[name].append(fn(steps))
+            if settle:
+                fn(max(1, round(settle / max(wall[name], 1e-9))))
+            runs[name].append(call(name, steps))
     if runs_out is not None:  # every timed run, in round order, for ratios paired round by round
         runs_out.update(runs)
     return {name: median(values) for name, values in runs.items()}

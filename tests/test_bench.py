@@ -9,13 +9,14 @@ import json
 import re
 import subprocess
 import sys
+import time
 from importlib.util import find_spec
 
 import pytest
 import typer
 from typer.testing import CliRunner
 
-from benchmarks.timing import Row, fill_ratios, median
+from benchmarks.timing import Row, fill_ratios, median, round_robin
 from charlstm import bench_cmd
 from tests.conftest import ROOT
 from tests.onnx_fixture import make_model_dir
@@ -172,3 +173,34 @@ def test_step_variants_script(model_dir):
     lines = p.stdout.strip().splitlines()
     assert len(lines) == 11 and any(line.startswith("4-bit MatMulNBits") for line in lines)
     assert any(line.startswith("float32, 2 thread(s), runtime BoundStepper") for line in lines)
+
+
+def test_round_robin_settles_before_each_timed_run():
+    calls = []
+
+    def fn(n):  # ~1 ms a unit, so the settle call's size follows from the wall time
+        calls.append(n)
+        start = time.perf_counter()
+        while time.perf_counter() - start < n * 1e-3:
+            pass
+        return float(n)
+
+    runs = {}
+    medians = round_robin({"a": (fn, 4)}, repeats=3, gap=0, settle=0.01, runs_out=runs)
+    assert calls[0] == 5  # the warm-up: max(5, steps // 4)
+    settles, timed = calls[1::2], calls[2::2]
+    assert timed == [4, 4, 4] and all(1 <= n <= 10 for n in settles), calls  # 10 ms at >= 1 ms a unit
+    assert medians == {"a": 4.0} and runs == {"a": [4.0, 4.0, 4.0]}
+    calls.clear()
+    round_robin({"a": (fn, 4)}, repeats=2, gap=0, settle=0)
+    assert calls == [5, 4, 4]
+
+
+def test_settle_script(model_dir):
+    p = subprocess.run([sys.executable, "-m", "benchmarks.settle", "--model", str(model_dir), "--calls", "5",
+                        "--segments", "3", "--repeats", "1", "--gap", "0"], capture_output=True, text=True,
+                       cwd=ROOT, timeout=300)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.strip().splitlines()
+    assert [line.split()[0] for line in lines[1:]] == ["numpy", "float32", "int8"]
+    assert all(float(x) > 0 for line in lines[1:] for x in line.split("first / later:")[0].split()[-3:])
