@@ -77,13 +77,16 @@ def steady_state(model_dir: Path, npz: Path, shape: Shape, threads: int, steps: 
 
 
 def _paired_notes(rows: list[Row], runs: dict[str, list[float]]) -> None:
-    """The targets' ratios round by round: the batch-1 float32 steps against the floor (at most 1), the
-    generate loops' speed-up over the notebook's (at least 30)."""
+    """The targets' ratios round by round: the batch-1 float32 steps against the floor (at most 1), the int8
+    step against the float32 one (at most 0.4), the generate loops' speed-up over the notebook's (at least 30)."""
     floor = next(r.variant for r in rows if r.variant.startswith("numpy floor"))
     notebook = next((r.variant for r in rows if r.variant.startswith("notebook")), None)
+    f32 = f"onnx float32 step, batch 1{SPIN[True]}"
     for r in rows:
         if r.variant.startswith("onnx float32 step, batch 1,"):
             r.note = _join(r.note, "per round, time vs floor " + paired(runs, r.variant, floor))
+        elif r.variant.startswith("onnx int8 step, batch 1,") and f32 in runs:
+            r.note = _join(r.note, "per round, time vs float32 " + paired(runs, r.variant, f32))
         elif r.variant.startswith("generate loop") and notebook:
             r.note = _join(r.note, "per round, speed-up vs notebook " + paired(runs, notebook, r.variant))
 

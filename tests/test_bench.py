@@ -71,6 +71,7 @@ def test_cpu_table_has_every_variant(tmp_path, model_dir):
         measured(row)
         assert row["vs_floor"] > 0
     assert "x float32's time" in by_variant(rows, "onnx int8")["note"]
+    assert "per round, time vs float32 " in by_variant(rows, "onnx int8")["note"]
     notebook = by_variant(rows, "notebook loop")
     if HAS_TF:
         measured(notebook)
