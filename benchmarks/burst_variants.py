@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import subprocess
 import sys
 from pathlib import Path
 
@@ -88,24 +89,50 @@ PLAIN_TOO = ("variant-argmax-16", "variant-lstmop-16")  # also timed without CUD
 
 def measure(model_dir: Path, runs: int, repeats: int, device: str = "cuda") -> None:
     """Time every variant file on `device` ("cpu": a dry run of this script before GPU time is spent on it).
-    CUDA graphs first; a variant that cannot be captured is timed without them, so it still gets a figure."""
+    CUDA graphs first; a variant that cannot be captured is timed without them, so it still gets a figure.
+    Each file and mode runs in a process of its own: a capture that fails can leave the CUDA context unusable,
+    which would take every later variant down with it."""
+    print(f"{'variant':36} {'batch':>5} {'us/char':>8}", flush=True)
+    modes = (True, False) if device == "cuda" else (False,)  # graphs are CUDA's alone
+    for path in [model_dir / "model.onnx", *sorted(model_dir.glob("variant-*-step.onnx"))]:
+        for graphs in modes:
+            if _child(model_dir, path, device, graphs, runs, repeats) and not path.stem.startswith("variant"):
+                break
+    for path in sorted(model_dir.glob("variant-*.onnx")):
+        if path.stem.endswith("-step"):
+            continue
+        for graphs in modes:
+            if _child(model_dir, path, device, graphs, runs, repeats) and path.stem not in PLAIN_TOO:
+                break
+
+
+def _child(model_dir: Path, path: Path, device: str, graphs: bool, runs: int, repeats: int) -> bool:
+    """One file in one mode, in a child process; prints its lines; True when it ran."""
+    cmd = [sys.executable, "-m", "benchmarks.burst_variants", "--model", str(model_dir), "--device", device,
+           "--only", path.name, "--graphs" if graphs else "--no-graphs", "--runs", str(runs),
+           "--repeats", str(repeats)]
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    print(p.stdout, end="", flush=True)
+    if p.returncode not in (0, 1):  # 1: the child reported the failure itself
+        last = [x for x in p.stderr.splitlines() if x.strip()][-1:] or ["no message"]
+        _failed(_label(path, graphs), RuntimeError(f"exit {p.returncode}: {last[0]}"))
+    return p.returncode == 0
+
+
+def measure_one(model_dir: Path, name: str, graphs: bool, runs: int, repeats: int, device: str) -> bool:
+    """Time one file of `model_dir` in one mode, here: a step graph (*-step.onnx, model.onnx) or a burst graph."""
     from runtime import Generator
     from runtime.session import SessionConfig
 
     gen = Generator(model_dir, device=device, burst=False)
     if gen.device != device:
         print("skipped: CUDA did not start", file=sys.stderr)
-        return
+        return False
     config = SessionConfig(device=device)
-    print(f"{'variant':36} {'batch':>5} {'us/char':>8}")
-    for path in [model_dir / "model.onnx", *sorted(model_dir.glob("variant-*-step.onnx"))]:
-        if not _time_step(path, gen, config, runs, repeats, graphs=True) or path.stem.startswith("variant"):
-            _time_step(path, gen, config, runs, repeats, graphs=False)
-    for path in sorted(model_dir.glob("variant-*.onnx")):
-        if path.stem.endswith("-step"):
-            continue
-        if not _time_burst(path, gen, config, runs, repeats, graphs=True) or path.stem in PLAIN_TOO:
-            _time_burst(path, gen, config, runs, repeats, graphs=False)
+    path = model_dir / name
+    if name == "model.onnx" or path.stem.endswith("-step"):
+        return _time_step(path, gen, config, runs, repeats, graphs)
+    return _time_burst(path, gen, config, runs, repeats, graphs)
 
 
 def _label(path: Path, graphs: bool, what: str = "") -> str:
@@ -174,10 +201,15 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=60, help="16-step runs' worth of characters per timing")
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="cpu: a dry run of the timing code")
+    p.add_argument("--only", default=None, help="time this one file of --model, in this process (what each child "
+                                                "of the timing run does)")
+    p.add_argument("--graphs", action=argparse.BooleanOptionalAction, default=True, help="with --only: CUDA graphs")
     args = p.parse_args()
     if args.build:
         for path in build(args.model, args.weights):
             print(path)
+    elif args.only:
+        sys.exit(0 if measure_one(args.model, args.only, args.graphs, args.runs, args.repeats, args.device) else 1)
     else:
         measure(args.model, args.runs, args.repeats, args.device)
 

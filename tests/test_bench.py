@@ -101,6 +101,9 @@ def test_builds_a_random_model_and_times_cold_starts(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "variant-lstmop-16" in out and "did not" not in out, out
     assert float(re.search(r"max difference (\S+)", out).group(1)) <= 1e-4
+    (model_dir / "variant-broken-16.onnx").write_bytes(b"not onnx")  # each file runs in a process of its own
+    assert not burst_variants._child(model_dir, model_dir / "variant-broken-16.onnx", "cpu", False, 1, 1)
+    assert "variant-broken-16, no graphs" in capsys.readouterr().out
     assert by_variant(rows, "notebook loop")["note"].startswith("same weights")
     generate, notebook = by_variant(rows, "cold: charlstm generate"), by_variant(rows, "cold: notebook script")
     measured(generate)
