@@ -95,14 +95,27 @@ def _join(*notes: str) -> str:
     return "; ".join(n for n in notes if n)
 
 
+def floor_child(shape: Shape, threads: int) -> Child:
+    """The numpy floor of `shape` in a child process whose BLAS runs `threads` threads."""
+    env = {**os.environ, **dict.fromkeys(("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"), str(threads))}
+    return Child([sys.executable, "-c", FLOOR_CODE, json.dumps(floor_shapes(shape))], env=env)
+
+
+def model_shape(model_dir: Path) -> Shape:
+    """The Shape of an exported model folder (for its floor)."""
+    from runtime.manifest import load_manifest
+    m = load_manifest(model_dir)
+    return Shape(vocab_size=len(m.vocab), embedding_dim=int(m.raw["model"]["embedding_dim"]), units=m.units,
+                 layers=m.layers)
+
+
 def _floors(shape: Shape, threads: int, steps: int, children: list) -> dict:
     """The floor with ONNX Runtime's thread count, and with one thread: on a busy machine a multi-threaded
     BLAS can be far slower than one thread, which would flatter every ratio to the floor."""
     label = " + ".join(f"1x{r} @ {r}x{c}" for r, c in floor_shapes(shape))
     variants = {}
     for n in sorted({threads, 1}, reverse=True):
-        env = {**os.environ, **dict.fromkeys(("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"), str(n))}
-        children.append(Child([sys.executable, "-c", FLOOR_CODE, json.dumps(floor_shapes(shape))], env=env))
+        children.append(floor_child(shape, n))
         suffix = " (1 thread, for reference)" if n != threads else ""
         variants[f"numpy floor {label} float32{suffix}"] = (children[-1], steps)
     return variants

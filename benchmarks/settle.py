@@ -12,8 +12,6 @@ after the first that run faster are the transient that round_robin's SETTLE call
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -23,9 +21,8 @@ if __package__ in (None, ""):  # `python benchmarks/settle.py`: make the reposit
 
 import numpy as np  # noqa: E402
 
-from benchmarks.cpu import FLOOR_CODE, floor_shapes  # noqa: E402
-from benchmarks.models import Shape  # noqa: E402
-from benchmarks.timing import GAP, Child, cpu_count, describe, machine, timed  # noqa: E402
+from benchmarks.cpu import floor_child, model_shape  # noqa: E402
+from benchmarks.timing import GAP, cpu_count, describe, machine, timed  # noqa: E402
 
 
 def main() -> None:
@@ -39,15 +36,10 @@ def main() -> None:
     args = p.parse_args()
     threads = args.threads or cpu_count()
     from runtime import Generator
-    from runtime.manifest import load_manifest
 
-    m = load_manifest(args.model)
-    shape = Shape(vocab_size=len(m.vocab), embedding_dim=int(m.raw["model"]["embedding_dim"]), units=m.units,
-                  layers=m.layers)
+    shape = model_shape(args.model)
     info = machine()
-    env = {**os.environ, **dict.fromkeys(("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"),
-                                         str(threads))}
-    floor = Child([sys.executable, "-c", FLOOR_CODE, json.dumps(floor_shapes(shape))], env=env)
+    floor = floor_child(shape, threads)
     try:
         variants = {"numpy floor": floor}
         for int8 in (False, True) if (args.model / "model.int8.onnx").is_file() else (False,):

@@ -11,8 +11,6 @@ turns within one run; `--busy N` first starts N processes that spin on a core ea
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,8 +20,7 @@ if __package__ in (None, ""):  # `python benchmarks/spinning.py`: make the repos
 
 import numpy as np  # noqa: E402
 
-from benchmarks.cpu import FLOOR_CODE, floor_shapes  # noqa: E402
-from benchmarks.models import Shape  # noqa: E402
+from benchmarks.cpu import floor_child, model_shape  # noqa: E402
 from benchmarks.timing import GAP, SETTLE, Child, cpu_count, describe, machine, round_robin, timed  # noqa: E402
 
 BUSY_CODE = "while True: pass"
@@ -45,15 +42,12 @@ def main() -> None:
     from runtime.manifest import load_manifest
 
     m = load_manifest(args.model)
-    shape = Shape(vocab_size=len(m.vocab), embedding_dim=int(m.raw["model"]["embedding_dim"]), units=m.units,
-                  layers=m.layers)
+    shape = model_shape(args.model)
     info = machine()
     busy = [subprocess.Popen([sys.executable, "-c", BUSY_CODE]) for _ in range(args.busy)]
     children: list[Child] = []
     try:
-        env = {**os.environ, **dict.fromkeys(("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"),
-                                             str(threads))}
-        children.append(Child([sys.executable, "-c", FLOOR_CODE, json.dumps(floor_shapes(shape))], env=env))
+        children.append(floor_child(shape, threads))
         variants = {"numpy floor": (children[-1], args.steps)}
         for spin in (False, True):
             gen = Generator(args.model, device="cpu", threads=threads, spinning=spin)

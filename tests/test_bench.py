@@ -208,3 +208,13 @@ def test_settle_script(model_dir):
     lines = p.stdout.strip().splitlines()
     assert [line.split()[0] for line in lines[1:]] == ["numpy", "float32", "int8"]
     assert all(float(x) > 0 for line in lines[1:] for x in line.split("first / later:")[0].split()[-3:])
+
+
+def test_spinning_script(model_dir):
+    p = subprocess.run([sys.executable, "-m", "benchmarks.spinning", "--model", str(model_dir), "--steps", "5",
+                        "--repeats", "1", "--gap", "0", "--settle", "0"], capture_output=True, text=True, cwd=ROOT,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr
+    rows = {line.split("  ")[0].strip(): line for line in p.stdout.strip().splitlines()[1:]}
+    assert {"numpy floor", "step, spinning", "step, no spinning", "generate loop, spinning"} <= set(rows), rows
+    assert all(float(line.split("µs/char")[0].split()[-1]) > 0 for line in rows.values())
