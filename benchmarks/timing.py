@@ -83,8 +83,8 @@ def round_robin(variants: dict, repeats: int, log=lambda m: None, gap: float = G
     variant ran beside its predecessor's spinning threads, which slowed the numpy floor 1.5-1.7x and kept
     the second core awake for whatever came next (`python -m benchmarks.spinning --gap 0` against `--gap 0.3`).
     Then `settle` seconds of untimed calls, so that each timed run is the steady state: after the gap the
-    first 200 calls of a variant ran up to 1.3x slower than the next 800, which variant varied from run to
-    run (`python -m benchmarks.settle`: benchmarks/results/settle-epyc2-2026-11-27.txt)."""
+    first 200 calls ran slower than the next 800: the float32 step's 1.30-1.31x, the floor's 1.04-1.15x
+    (`python -m benchmarks.settle`, two runs: benchmarks/results/settle-epyc2-2026-11-27.txt)."""
     wall: dict[str, float] = {}  # seconds per unit of fn's argument, for the settle calls
 
     def call(name: str, n: int) -> float:
