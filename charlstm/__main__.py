@@ -1,4 +1,4 @@
-"""`python -m charlstm ...`: the same as the `charlstm` command (for a checkout that is not pip-installed)."""
+"""`python -m charlstm ...`: the same as the `charlstm` command."""
 
 from charlstm.cli import main
 

@@ -1,25 +1,22 @@
-"""The one exception type the command line turns into a one-line message and a non-zero exit."""
+"""The one exception type every layer raises for a mistake the user can fix; the bottom of the import graph.
+
+The library raises it; the command line (charlstm/cli) prints it as one line with its exit code, and the HTTP
+server as a JSON error with status 400. Nothing here prints.
+"""
 
 from __future__ import annotations
-
-import sys
-from contextlib import contextmanager
 
 
 class UserError(Exception):
     """A mistake the user can fix (a bad value, a missing file). The message names the value and the fix.
 
+    `param` names the argument at fault in the library's own terms (`temperature`, `model_dir`), so that each
+    front end can say it its own way (`--temperature` on the command line, `"param": "temperature"` over HTTP).
     Anything else that escapes is a bug and keeps its traceback.
     """
 
     exit_code = 2
 
-
-@contextmanager
-def user_errors():
-    """Turn a UserError into `error: ...` on stderr and its exit code; used around every command's body."""
-    try:
-        yield
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        raise SystemExit(e.exit_code) from None
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param

@@ -14,19 +14,19 @@ COPY charlstm/ charlstm/
 COPY runtime/ runtime/
 COPY training/ training/
 COPY export/ export/
+# The default model ships inside the package (pyproject's package data): `charlstm generate` needs no --model.
+COPY models/shakespeare/ models/shakespeare/
 COPY deploy/install-generate.sh deploy/
 RUN python -m venv /opt/venv && sh deploy/install-generate.sh /opt/venv/bin/python /src
 
-# Stage 2: the same slim base with only the environment and the model; the source tree stays behind.
+# Stage 2: the same slim base with only the environment (the default model inside it); the source stays behind.
 # The venv's python links to /usr/local/bin/python3.12, which is the same in both stages.
 FROM python:3.12-slim
 COPY --from=build /opt/venv /opt/venv
-COPY models/shakespeare/ /opt/charlstm/models/shakespeare/
 # A system user with no login shell and no home: generating writes nothing to disk.
 RUN groupadd --system --gid 10001 charlstm \
     && useradd --system --no-log-init --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin charlstm
 ENV PATH=/opt/venv/bin:$PATH \
-    CHARLSTM_MODEL=/opt/charlstm/models/shakespeare \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
 # Numeric, so Kubernetes' runAsNonRoot can check it without reading /etc/passwd.

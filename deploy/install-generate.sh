@@ -37,4 +37,4 @@ found = [m for m in ("tensorflow", "keras", "tf_keras") if importlib.util.find_s
 if found:
     sys.exit(f"the generate environment must not hold {found}: check the project's base dependencies")
 PY
-"$python" -m charlstm.cli --help >/dev/null
+"$python" -m charlstm --help >/dev/null

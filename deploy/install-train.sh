@@ -26,4 +26,4 @@ source=${2:-.}
 
 "$python" -m pip install --no-cache-dir --disable-pip-version-check \
     "${source}[train,export]" "tensorflow${cuda_extra}${TF_VERSION}"
-"$python" -m charlstm.cli --help >/dev/null
+"$python" -m charlstm --help >/dev/null

@@ -24,13 +24,13 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from runtime.manifest import BURST_INPUTS, BURST_OUTPUTS  # noqa: F401 - the runtime reads these names
-from runtime.manifest import GRAPH_INPUTS as INPUTS
-from runtime.manifest import GRAPH_OUTPUTS as OUTPUTS
+from charlstm.runtime.manifest import BURST_FILE as FILE
+from charlstm.runtime.manifest import BURST_OUTPUTS, MAX_BURST_STEPS
+from charlstm.runtime.manifest import GRAPH_INPUTS as INPUTS
+from charlstm.runtime.manifest import GRAPH_OUTPUTS as OUTPUTS
 
 STEPS = 16  # characters per run: amortises a run's fixed cost 16-fold; streamed text comes in bursts of 16
-MAX_STEPS = 32  # ONNX Runtime's CUDA Concat takes at most 32 inputs while a CUDA graph is captured
-FILE = "model.burst.onnx"
+MAX_STEPS = MAX_BURST_STEPS  # ONNX Runtime's CUDA Concat takes at most 32 inputs while a CUDA graph is captured
 LINK_MIN_BYTES = 1024  # smaller constants stay inline: not worth a file read each
 
 
@@ -195,8 +195,8 @@ def check(folder: Path, steps: int = STEPS, runs: int = 4, batch: int = 2, tempe
     logits plus the same noise (within 1e-4 of the best score), and the state after each run matches."""
     import onnxruntime as ort
 
-    from export.verify import TOLERANCE, ParityError
-    from runtime.sampling import gumbel_noise
+    from charlstm.export.verify import TOLERANCE, ParityError
+    from charlstm.runtime.sampling import gumbel_noise
 
     cpu = ["CPUExecutionProvider"]
     stepper = ort.InferenceSession(str(folder / "model.onnx"), providers=cpu)

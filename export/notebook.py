@@ -9,14 +9,17 @@ the raw UTF-8 text, \\r included, nothing normalised.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 
 from charlstm.errors import UserError
-from training import corpus
-from training.config import ModelConfig
-from training.model import build_model
+from charlstm.runtime.files import sha256_file
+from charlstm.runtime.text import VAL_FRACTION, split
+from charlstm.training import corpus
+from charlstm.training.config import ModelConfig
+from charlstm.training.model import build_model
 
 VARIABLES = {
     "embedding": "layer_with_weights-0/embeddings/.ATTRIBUTES/VARIABLE_VALUE",
@@ -85,17 +88,18 @@ def load_notebook(ckpt: Path, corpus_path: Path):
     for k, shape in expected.items():
         if w[k].shape != shape:
             raise NotebookError(f"checkpoint variable {k} has shape {w[k].shape}, expected {shape}")
-    mc = ModelConfig(vocab_size=len(vocab), embedding_dim=int(embedding_dim), units=int(units), layers=1)
+    mc = ModelConfig(vocab_size=len(vocab), embedding_dim=int(embedding_dim), units=int(units), layers=1,
+                     dropout=0.0, recurrent_dropout=0.0)  # the notebook's network had no dropout
     model = build_model(mc)
     model.get_layer("embedding").set_weights([w["embedding"]])
     model.get_layer("lstm_0").set_weights([w["kernel"], w["recurrent_kernel"], w["bias"]])
     model.get_layer("logits").set_weights([w["dense_kernel"], w["dense_bias"]])
     ids = corpus.encode(text, vocab)
     steps = min(256, len(ids))
-    source = {"notebook_checkpoint": str(Path(prefix).resolve()), "corpus": str(Path(corpus_path).resolve()),
-              "corpus_sha256": corpus.sha256_file(corpus_path), "epoch": _epoch(prefix), "val_loss": None,
-              "run_config": {"model": mc.__dict__, "train": {"val_fraction": 0.1}}}
-    eval_text = text[int(len(text) * 0.9):]
+    source = {"notebook_checkpoint": Path(prefix).name, "epoch": _epoch(prefix), "val_loss": None,
+              "corpus": {"name": Path(corpus_path).name, "sha256": sha256_file(corpus_path), "characters": len(text)},
+              "run_config": {"model": dataclasses.asdict(mc), "train": {"val_fraction": VAL_FRACTION}}}
+    _, eval_text = split(text, VAL_FRACTION)
     return model, mc, vocab, source, ids[-steps:].astype(np.int64), eval_text
 
 

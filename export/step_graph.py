@@ -17,12 +17,12 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from training.model import Weights
+from charlstm.runtime.manifest import GRAPH_INPUTS as INPUTS
+from charlstm.runtime.manifest import GRAPH_OUTPUTS as OUTPUTS
+from charlstm.runtime.reference import Weights
 
 OPSET = 17
 IR_VERSION = 8  # onnxruntime 1.17 and later read IR 8 (opset 17); newer IRs buy this graph nothing
-INPUTS = {"token": "token", "h": "h", "c": "c"}
-OUTPUTS = {"logits": "logits", "h": "h_out", "c": "c_out"}
 
 
 def folded(w: Weights) -> dict[str, np.ndarray]:

@@ -14,9 +14,9 @@ import numpy as np
 import onnx
 
 from charlstm.errors import UserError
-from export.step_graph import INPUTS, OUTPUTS
-from training.config import ModelConfig
-from training.model import build_model, learned_weights, reset_states, set_learned_weights
+from charlstm.export.step_graph import INPUTS, OUTPUTS
+from charlstm.training.config import ModelConfig
+from charlstm.training.model import build_model, learned_weights, reset_states, set_learned_weights
 
 TOLERANCE = 1e-4
 

@@ -1,4 +1,4 @@
-"""The runtime's user errors: each one line that names the bad value and the fix (the CLI prints `error: ...`)."""
+"""The runtime's user errors: each one line that names the bad value and the fix."""
 
 from __future__ import annotations
 

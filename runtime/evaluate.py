@@ -12,9 +12,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-from runtime.errors import InputError
-from runtime.generator import Generator
-from runtime.sampling import log_softmax
+from charlstm.runtime.errors import InputError
+from charlstm.runtime.generator import Generator
+from charlstm.runtime.sampling import log_softmax
+from charlstm.runtime.session import SessionConfig
 
 PROGRESS_EVERY = 512  # steps between progress callbacks: often enough for a bar, rare enough to cost nothing
 
@@ -42,11 +43,11 @@ def evaluate_text(model_dir, text: str, int8: bool = False,
     progress(done, total) is called every few hundred characters. Characters outside the vocabulary raise
     InputError, or are dropped with unknown="skip" (their count is reported as "skipped").
     """
-    generator = Generator(model_dir, device=device, int8=int8)
-    ids = generator.encode(text, unknown)
+    generator = Generator(model_dir, SessionConfig(device=device, int8=int8))
+    ids = generator.encode(text, unknown, param="text")
     if len(ids) < 2:
         raise InputError(f"the text to evaluate has {len(ids)} usable character(s): it needs at least 2 "
-                         "(one to read, one to score); pass a longer text")
+                         "(one to read, one to score); pass a longer text", "text")
     start = time.perf_counter()
     nll = score_ids(generator, ids, progress)
     seconds = time.perf_counter() - start

@@ -1,48 +1,55 @@
-"""Picking the next character from logits: small pure numpy functions on [batch, vocab] arrays.
+"""Picking the next character from logits: small pure numpy functions on [batch, vocab] arrays, and `Sampler`.
 
 As in keras-hub, the temperature is applied once (`softmax(logits / temperature)`), then a strategy only picks:
 greedy (temperature 0), top-k, top-p (nucleus), or a plain draw (by Gumbel-max, as the burst graph does).
 Randomness comes in as explicit uniforms, so every function here is pure; `row_generators` makes one numpy
-Generator per batch row from --seed, so a row's text depends only on the seed and its row index, not on how
-many rows run beside it.
+Generator per batch row from a seed, so a row's text depends only on the seed and its row index, not on how
+many rows run beside it. `Sampler` is the one entry point the generate loop and the serving engine call for
+every character, the first one included, on any device and graph.
 """
 
 from __future__ import annotations
-
-from collections.abc import Iterator
 
 import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from runtime.errors import InputError
+from charlstm.runtime.errors import InputError
+from charlstm.runtime.manifest import SamplingDefaults
+
+MAX_TEMPERATURE = 100.0  # logits / 100 is all but uniform already; above it float32 noise would overflow
+GREEDY_BELOW = float(np.finfo(np.float32).eps)  # a temperature under float32's resolution picks the likeliest
+NOISE_BLOCK = 64  # steps of Gumbel noise a Sampler draws at once: fewer numpy calls, the same numbers
 
 
 @dataclass(frozen=True)
 class SamplingParams:
     """How the next character is chosen. Checked on construction: a bad value raises InputError."""
 
-    temperature: float = 0.5  # below 1 sharpens the distribution: fewer misspellings, less variety; 0 is greedy
+    temperature: float = SamplingDefaults.temperature  # below 1 sharpens: fewer misspellings, less variety
     top_k: int | None = None  # None keeps every character; k keeps the k likeliest
     top_p: float | None = None  # None keeps every character; p keeps the smallest set holding probability p
 
     def __post_init__(self):
         t = self.temperature
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
-            raise InputError(f"--temperature {t!r} is not a finite number >= 0: use e.g. 0.5 "
-                             "(0 always picks the likeliest character, 1 samples the model as trained)")
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or \
+                not 0 <= t <= MAX_TEMPERATURE:
+            raise InputError(f"temperature {t!r} is not a number from 0 to {MAX_TEMPERATURE:g}: use e.g. 0.5 "
+                             "(0 always picks the likeliest character, 1 samples the model as trained)",
+                             "temperature")
         k = self.top_k
         if k is not None and (isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1):
-            raise InputError(f"--top-k {k!r} is not an integer >= 1: use e.g. 5, "
-                             "or leave it out to keep all characters")
+            raise InputError(f"top_k {k!r} is not an integer >= 1: use e.g. 5, or leave it out to keep all "
+                             "characters", "top_k")
         p = self.top_p
         if p is not None and (isinstance(p, bool) or not isinstance(p, (int, float)) or not (0 < p <= 1)):
-            raise InputError(f"--top-p {p!r} is outside (0, 1]: use e.g. 0.9, or leave it out to keep all characters")
+            raise InputError(f"top_p {p!r} is outside (0, 1]: use e.g. 0.9, or leave it out to keep all characters",
+                             "top_p")
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        return self.temperature < GREEDY_BELOW
 
     @property
     def plain(self) -> bool:
@@ -153,29 +160,42 @@ def gumbel_uniforms(rngs: list[np.random.Generator], vocab: int, steps: int | No
     return np.stack([r.random((steps, vocab), dtype=np.float32) for r in rngs], axis=1)
 
 
-def noise_rows(rngs: list[np.random.Generator], vocab: int, temperature: float, count: int,
-               block: int) -> Iterator[np.ndarray]:
-    """`count` rows of gumbel_noise, [batch, vocab] each, one a step: drawn `block` steps at a time (fewer numpy
-    calls), the very uniforms that one gumbel_uniforms call a step would draw."""
-    while count > 0:
-        size = min(block, count)
-        yield from gumbel_noise(gumbel_uniforms(rngs, vocab, size), temperature)
-        count -= size
+class Sampler:
+    """Picks the next id of every row of a batch: the sampling entry point for every character.
 
-
-def next_ids(logits: np.ndarray, params: SamplingParams, rngs: list[np.random.Generator]) -> np.ndarray:
-    """The sampler: temperature once, then top-k, then top-p, then a draw. Returns int64 ids, shape [batch].
-
-    Plain temperature sampling draws by Gumbel-max, as the burst graph does, so the step loop and the burst
-    loop give the same text for a seed; top-k and top-p draw by the inverse CDF of the filtered softmax.
+    Greedy rows take the argmax; plain temperature sampling adds Gumbel noise (temperature applied) and takes the
+    argmax, exactly what the burst graph computes, so `noise(k)` hands the burst graph the very draws that k
+    `pick` calls would use; top-k and top-p draw by the inverse CDF of the filtered softmax. Plain noise is drawn
+    NOISE_BLOCK steps ahead: the same uniforms in the same order, so the same text, with fewer numpy calls.
     """
-    if params.greedy:
-        return greedy(logits)
-    if params.plain:
-        return gumbel_max(logits, params.temperature, gumbel_uniforms(rngs, logits.shape[-1]))
-    probs = softmax(logits, params.temperature)
-    if params.top_k is not None:
-        probs = top_k_filter(probs, int(params.top_k))
-    if params.top_p is not None:
-        probs = top_p_filter(probs, float(params.top_p))
-    return draw(probs, uniforms(rngs))
+
+    def __init__(self, params: SamplingParams, rngs: list[np.random.Generator], vocab: int,
+                 block: int = NOISE_BLOCK):
+        self.params, self.rngs, self.vocab, self.block = params, rngs, vocab, block
+        self._noise = np.zeros((0, len(rngs), vocab), np.float32)  # drawn, not yet used: [steps, batch, vocab]
+
+    def noise(self, steps: int) -> np.ndarray:
+        """The next `steps` rows of Gumbel noise, [steps, batch, vocab] (zeros when greedy)."""
+        if self.params.greedy:
+            return np.zeros((steps, len(self.rngs), self.vocab), np.float32)
+        if len(self._noise) < steps:
+            fresh = gumbel_noise(gumbel_uniforms(self.rngs, self.vocab, max(self.block, steps - len(self._noise))),
+                                 self.params.temperature)
+            self._noise = np.concatenate([self._noise, fresh]) if len(self._noise) else fresh
+        out, self._noise = self._noise[:steps], self._noise[steps:]
+        return out
+
+    def pick(self, logits: np.ndarray) -> np.ndarray:
+        """The next id per row, int64 [batch], from logits [batch, vocab]."""
+        p = self.params
+        if p.greedy:
+            return greedy(logits)
+        if p.plain:
+            scored = np.asarray(logits, dtype=np.float32) + self.noise(1)[0]
+            return np.argmax(scored, axis=-1).astype(np.int64)
+        probs = softmax(logits, p.temperature)
+        if p.top_k is not None:
+            probs = top_k_filter(probs, int(p.top_k))
+        if p.top_p is not None:
+            probs = top_p_filter(probs, float(p.top_p))
+        return draw(probs, uniforms(self.rngs))

@@ -17,8 +17,10 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
-TINY = dict(embedding_dim=8, units=32, layers=1, dropout=0.0)
-TINY_TRAIN = dict(epochs=3, batch_size=8, seq_length=32, learning_rate=1e-2, sample_every=0, seed=7)
+TINY = dict(embedding_dim=8, units=32, layers=1, dropout=0.0, recurrent_dropout=0.0)
+# The tiny runs' recipe: the default preset's clipping, decay and early stopping off, so three epochs learn fast.
+TINY_TRAIN = dict(epochs=3, batch_size=8, seq_length=32, learning_rate=1e-2, sample_every=0, seed=7,
+                  clip_norm=0.0, lr_decay=1.0, patience=0, stateful=False)
 
 WORDS = ("the king queen lord lady sword crown night day love death heart blood fair foul speak hear come go "
          "my thy thou art doth hath not with upon and but or so now then here there").split()
@@ -53,8 +55,8 @@ def corpus_path(tmp_path_factory) -> Path:
 
 def _train(out: Path, corpus: Path, **overrides) -> Path:
     pytest.importorskip("keras", reason="the `train` extra is not installed")
-    from training.config import TrainConfig, split_options
-    from training.train import train
+    from charlstm.training.config import TrainConfig, split_options
+    from charlstm.training.train import train
     model_options, train_options = split_options({**TINY, **TINY_TRAIN, **overrides})
     train(corpus, out, model_options, TrainConfig(**train_options), verbose=0, log=lambda m: None)
     return out
@@ -75,9 +77,10 @@ def tiny_run2(tmp_path_factory, corpus_path) -> Path:
 
 def _export(run_dir: Path, out: Path, **kwargs) -> Path:
     pytest.importorskip("tf2onnx", reason="the `export` extra is not installed")
-    from export.export import export_model, load_run, parity_ids
+    from charlstm.export.export import export_model, held_out, load_run, parity_ids
     model, mc, vocab, cfg, source = load_run(run_dir, "best")
-    export_model(model, mc, vocab, out, provenance=source, parity_text=parity_ids(cfg, vocab), **kwargs)
+    export_model(model, mc, vocab, out, provenance=source, parity_text=parity_ids(vocab, held_out(cfg, run_dir)),
+                 **kwargs)
     return out
 
 
@@ -94,8 +97,24 @@ def tiny_model2(tmp_path_factory, tiny_run2, corpus_path) -> Path:
                    val_text=text[int(len(text) * 0.9):])
 
 
-def run_cli(*args: str, env: dict | None = None, timeout: int = 300):
-    """`charlstm ARGS` as a real subprocess (python -m charlstm.cli), the way a user runs it."""
+SLOW_MACHINE_TIMEOUT = 1800  # seconds: a subprocess's limit, generous enough for a loaded 2-core machine
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: int = SLOW_MACHINE_TIMEOUT):
+    """`charlstm ARGS` as a real subprocess (python -m charlstm), the way a user runs it."""
     import subprocess
-    return subprocess.run([sys.executable, "-m", "charlstm.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "charlstm", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})})
+
+
+def copy_project(dst: Path) -> Path:
+    """The files `pip install` reads, copied, so that a build does not write build/ or *.egg-info into the
+    checkout: pyproject.toml, README.md, the package folders and models/."""
+    import shutil
+    dst.mkdir(parents=True)
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        if (ROOT / name).is_file():
+            shutil.copy2(ROOT / name, dst / name)
+    for folder in ("charlstm", "runtime", "training", "export", "models"):
+        shutil.copytree(ROOT / folder, dst / folder, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return dst

@@ -8,12 +8,15 @@ Keras LSTM cell: z = x@W + h@U + b split into i, f, g, o; c' = sig(f)*c + sig(i)
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
+from charlstm.runtime import reference
+from charlstm.runtime.manifest import Burst, Manifest
+from charlstm.runtime.reference import Weights
 
 SHAKESPEARE_VOCAB = list("\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 
@@ -114,50 +117,34 @@ def make_model_dir(path, vocab=None, layers: int = 1, units: int = 16, embedding
     onnx.save(model, out / "model.onnx")
     files = {"model.onnx": file_entry(out / "model.onnx")}
     if int8:
-        from export.int8 import write_nbits  # what `charlstm export --int8` writes
+        from charlstm.export.int8 import write_nbits  # what `charlstm export --int8` writes
 
         write_nbits(out / "model.onnx", out / "model.int8.onnx")
         files["model.int8.onnx"] = file_entry(out / "model.int8.onnx")
-    extra = {}
+    burst_spec = None
     if burst:
-        from export import burst as burst_graph  # what `charlstm export` writes (imports no TensorFlow)
+        from charlstm.export import burst as burst_graph  # what `charlstm export` writes (imports no TensorFlow)
 
         burst_graph.write(out)
         files[burst_graph.FILE] = file_entry(out / burst_graph.FILE)
-        extra["burst"] = {"file": burst_graph.FILE, "steps": burst_graph.STEPS, "inputs": burst_graph.BURST_INPUTS,
-                          "outputs": burst_graph.BURST_OUTPUTS}
+        burst_spec = Burst(file=burst_graph.FILE, steps=burst_graph.STEPS)
     parameters = sum(int(np.prod(t.dims)) for t in model.graph.initializer if t.data_type == TensorProto.FLOAT)
-    manifest = {
-        "format": "charlstm-model",
-        "format_version": 1,
-        "name": "fixture",
-        "vocab": vocab,
-        "model": {"layers": layers, "units": units, "embedding_dim": embedding_dim,
-                  "vocab_size": len(vocab), "parameters": parameters},
-        "inputs": {"token": "token", "h": "h", "c": "c"},
-        "outputs": {"logits": "logits", "h": "h_out", "c": "c_out"},
-        "sampling": {"temperature": 0.5, "length": 500},
-        "files": files,
-        "split": {"val_fraction": 0.1},
-        "provenance": {"source": "tests/onnx_fixture.py", "seed": seed},
-        **extra,
-    }
-    (out / "model.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    Manifest(name="fixture", vocab=tuple(vocab), layers=layers, units=units, embedding_dim=embedding_dim,
+             parameters=parameters, files=files, val_fraction=0.1, burst=burst_spec,
+             provenance={"source": "tests/onnx_fixture.py", "seed": seed}).write(out)
     return out
 
 
-def numpy_step(model_dir: Path, token: np.ndarray, h: np.ndarray, c: np.ndarray):
-    """The same step in plain numpy, from the initializers: a reference for the ONNX Runtime results."""
+def weights(model_dir: Path) -> Weights:
+    """The fixture's weights as the runtime's reference cell takes them."""
     model = onnx.load(Path(model_dir) / "model.onnx")
     w = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    sig = lambda v: 1.0 / (1.0 + np.exp(-v))  # noqa: E731
-    x, hs, cs = w["embedding"][token], [], []
-    for layer in range(h.shape[0]):
-        p = f"l{layer}_"
-        z = x @ w[p + "W"] + h[layer] @ w[p + "U"] + w[p + "b"]
-        i, f, g, o = np.split(z, 4, axis=1)
-        c_new = sig(f) * c[layer] + sig(i) * np.tanh(g)
-        x = sig(o) * np.tanh(c_new)
-        hs.append(x)
-        cs.append(c_new)
-    return x @ w["dense_W"] + w["dense_b"], np.stack(hs), np.stack(cs)
+    layers = sum(1 for name in w if name.endswith("_U"))
+    return Weights(embedding=w["embedding"], kernels=[w[f"l{i}_W"] for i in range(layers)],
+                   recurrent_kernels=[w[f"l{i}_U"] for i in range(layers)], biases=[w[f"l{i}_b"] for i in range(layers)],
+                   dense_kernel=w["dense_W"], dense_bias=w["dense_b"])
+
+
+def numpy_step(model_dir: Path, token: np.ndarray, h: np.ndarray, c: np.ndarray):
+    """The same step in plain numpy (charlstm.runtime.reference): the reference for ONNX Runtime's results."""
+    return reference.numpy_step(weights(model_dir), token, h, c)

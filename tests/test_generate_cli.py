@@ -10,20 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
-import typer
 from typer.testing import CliRunner
 
-from charlstm import generate_cmd
+from charlstm.cli import app
+from tests.conftest import SLOW_MACHINE_TIMEOUT
 from tests.onnx_fixture import file_entry, make_model_dir
 
 REPO = Path(__file__).resolve().parents[1]
-
-try:
-    from charlstm.cli import app
-except Exception:  # noqa: BLE001 - the other commands may be mid-edit: test generate on its own
-    app = typer.Typer()
-    app.callback()(lambda: None)  # a group, so `generate` stays a subcommand name
-    app.command("generate")(generate_cmd.generate)
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +102,10 @@ def _variant(src: Path, dst: Path, edit) -> Path:
     return dst
 
 
+def _flip_last_byte(data: bytes) -> bytes:
+    return data[:-1] + bytes([data[-1] ^ 1])
+
+
 def _corrupt(d, m):
     (d / "model.onnx").write_bytes(b"not an onnx model")
     m["files"]["model.onnx"] = file_entry(d / "model.onnx")  # the checksum matches: ONNX Runtime must refuse it
@@ -121,12 +118,15 @@ def _wider_vocab(d, m):
 
 BROKEN_FOLDERS = {
     "no-manifest": (lambda d, m: (d / "model.json").unlink(), "model.json does not exist"),
-    "not-json": (lambda d, m: (d / "model.json").write_text("{oops"), "is not valid JSON"),
-    "manifest-is-a-folder": (lambda d, m: ((d / "model.json").unlink(), (d / "model.json").mkdir()), "cannot read"),
+    "not-json": (lambda d, m: (d / "model.json").write_text("{oops"), "not valid JSON"),
+    "manifest-is-a-folder": (lambda d, m: ((d / "model.json").unlink(), (d / "model.json").mkdir()),
+                             "model.json is not a regular file"),
     "wrong-format": (lambda d, m: m.update(format="keras-model"), "'keras-model'"),
     "wrong-version": (lambda d, m: m.update(format_version=2), "format_version 2"),
     "no-onnx": (lambda d, m: (d / "model.onnx").unlink(), "model.onnx does not exist"),
-    "sha-mismatch": (lambda d, m: (d / "model.onnx").write_bytes((d / "model.onnx").read_bytes() + b"\0"),
+    "size-mismatch": (lambda d, m: (d / "model.onnx").write_bytes((d / "model.onnx").read_bytes() + b"\0"),
+                      "changed or truncated"),
+    "sha-mismatch": (lambda d, m: (d / "model.onnx").write_bytes(_flip_last_byte((d / "model.onnx").read_bytes())),
                      "sha256"),
     "corrupt-onnx": (_corrupt, "ONNX Runtime cannot load"),
     "logits-width": (_wider_vocab, "logits of width 65"),
@@ -166,22 +166,25 @@ def test_broken_model_folders_are_one_line_errors(case, model_dir, tmp_path):
     (["--num-samples", "0"], ["--num-samples 0"]),
     (["--prompt", "A", "--prompt-file", "p.txt"], ["--prompt 'A'", "p.txt", "both"]),
     (["--prompt-file", "missing.txt"], ["missing.txt"]),
-    (["--int8", "--device", "cuda"], ["--int8", "--device cuda"]),
+    (["--int8", "--device", "cuda"], ["--int8", "--device cpu"]),
+    (["--temperature", "1e39"], ["--temperature 1e+39"]),
+    (["--seed", "-5"], ["--seed -5"]),
+    (["--seed", str(2**64)], ["--seed 18446744073709551616"]),
 ])
 def test_bad_options_are_one_line_errors(args, quoted, model_dir):
     assert_one_line_error(run("--model", model_dir, *args), *quoted)
 
 
 def test_missing_model_folder(tmp_path):
-    assert_one_line_error(run("--model", tmp_path / "nowhere"), "nowhere", "--model DIR")
+    assert_one_line_error(run("--model", tmp_path / "nowhere"), "--model", "nowhere", "does not exist")
 
 
-def test_no_default_model(tmp_path, monkeypatch):
+def test_the_default_model_needs_no_folder(tmp_path, monkeypatch):
+    """Without --model or $CHARLSTM_MODEL, generate uses the model that ships inside the package."""
     monkeypatch.delenv("CHARLSTM_MODEL", raising=False)
     monkeypatch.chdir(tmp_path)
-    if (REPO / "models" / "shakespeare" / "model.json").is_file():
-        pytest.skip("the repository has a default model")
-    assert_one_line_error(run("--length", 5), "no default model found", "CHARLSTM_MODEL")
+    result = ok("--length", 5, "--seed", 1, "--verbose")
+    assert len(result.stdout) == 6 and "shakespeare" in result.stderr
 
 
 def test_device_cuda_works_or_says_why_in_one_line(model_dir):
@@ -192,18 +195,18 @@ def test_device_cuda_works_or_says_why_in_one_line(model_dir):
 
 def _subprocess(*args, **kw):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen([sys.executable, "-m", "charlstm.cli", "generate", *map(str, args)], cwd=REPO, env=env,
+    return subprocess.Popen([sys.executable, "-m", "charlstm", "generate", *map(str, args)], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
 
 
 def test_a_real_subprocess(model_dir):
     proc = _subprocess("--model", model_dir, "--prompt", "ROMEO:", "--length", 50, "--seed", 1)
-    out, err = proc.communicate(timeout=60)
+    out, err = proc.communicate(timeout=SLOW_MACHINE_TIMEOUT)
     assert proc.returncode == 0 and err == b""
     cli = ok("--model", model_dir, "--prompt", "ROMEO:", "--length", 50, "--seed", 1).stdout
     assert out.decode() == cli
     proc = _subprocess("--model", model_dir, "--top-k", "0")
-    out, err = proc.communicate(timeout=60)
+    out, err = proc.communicate(timeout=SLOW_MACHINE_TIMEOUT)
     assert proc.returncode == 2 and err.decode().strip() == err.decode().strip().splitlines()[0]
     assert b"Traceback" not in err and err.startswith(b"error: --top-k 0")
 
@@ -212,7 +215,7 @@ def test_ctrl_c_stops_cleanly_with_exit_130(model_dir):
     proc = _subprocess("--model", model_dir, "--prompt", "ROMEO:", "--length", 10_000_000, "--seed", 1)
     head = proc.stdout.read(20)  # the loop is running and streaming
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    out, err = proc.communicate(timeout=SLOW_MACHINE_TIMEOUT)
     assert proc.returncode == 130, err.decode()
     assert b"Traceback" not in err
     assert (head + out).startswith(b"ROMEO:") and len(head + out) > 20

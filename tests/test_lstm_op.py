@@ -7,8 +7,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from export import burst, lstm_op
-from export.step_graph import INPUTS, OUTPUTS
+from benchmarks import lstm_op
+from charlstm.export import burst
+from charlstm.export.step_graph import INPUTS, OUTPUTS
 
 VOCAB, UNITS = 11, 8
 

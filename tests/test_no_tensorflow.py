@@ -1,8 +1,7 @@
-"""The runtime needs no TensorFlow: nothing under runtime/ imports it and generating never loads it."""
+"""The runtime needs no TensorFlow: generating never loads it (tests/test_layout.py checks the import statements)."""
 
 from __future__ import annotations
 
-import ast
 import os
 import subprocess
 import sys
@@ -10,33 +9,25 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import SLOW_MACHINE_TIMEOUT
 from tests.onnx_fixture import make_model_dir
 
 REPO = Path(__file__).resolve().parents[1]
-FORBIDDEN = {"tensorflow", "keras", "tf_keras", "tf2onnx", "training", "export", "onnx", "pandas"}
-
-
-def test_nothing_under_runtime_imports_tensorflow_training_or_export():
-    """Every import statement, including ones inside functions."""
-    found = []
-    for path in sorted((REPO / "runtime").rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
-                [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
-            found += [f"{path.name}:{node.lineno} {n}" for n in names if n.split(".")[0] in FORBIDDEN]
-    assert not found, f"runtime/ must import only numpy, onnxruntime and charlstm.errors: {found}"
+FORBIDDEN = {"tensorflow", "keras", "tf_keras", "tf2onnx", "onnx", "pandas", "charlstm.training",
+             "charlstm.export"}
 
 
 CHECK_MODULES = """
 import sys
-from runtime import Generator
+from charlstm.runtime import Generator
 text = Generator(sys.argv[1], device="cpu").generate("ROMEO:", length=20, seed=1)
 assert len(text) == 20
 from typer.testing import CliRunner
 from charlstm.cli import app
 result = CliRunner().invoke(app, ["generate", "--model", sys.argv[1], "--length", "20", "--seed", "1"])
 assert result.exit_code == 0, result.output
-loaded = sorted({m.split(".")[0] for m in sys.modules} & set(sys.argv[2].split(",")))
+wanted = sys.argv[2].split(",")
+loaded = sorted({w for w in wanted for m in sys.modules if m == w or m.startswith(w + ".")})
 print(",".join(loaded))
 """
 
@@ -46,7 +37,7 @@ def test_generating_loads_no_tensorflow(tmp_path):
     model = make_model_dir(tmp_path / "model")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     done = subprocess.run([sys.executable, "-c", CHECK_MODULES, str(model), ",".join(sorted(FORBIDDEN))],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=SLOW_MACHINE_TIMEOUT)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "", f"generating imported {done.stdout.strip()}"
 

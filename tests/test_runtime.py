@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import runtime
-from runtime import Generator, InputError, ModelError, evaluate_text, load_manifest
-from runtime.manifest import default_model_dir
-from runtime.sampling import log_softmax
-from runtime.session import BoundStepper, Stepper
+from charlstm import runtime
+from charlstm.runtime import Generator, InputError, ModelError, evaluate_text, load_manifest
+from charlstm.runtime.manifest import default_model_dir
+from charlstm.runtime.sampling import log_softmax
+from charlstm.runtime.stepper import BoundStepper, Stepper
 from tests.onnx_fixture import make_model_dir, numpy_step
 
 
@@ -90,11 +90,29 @@ def test_greedy_follows_the_numpy_reference(gen, model_dir):
 
 
 def test_a_batch_of_samples_streams_rows_independently(gen):
-    samples = gen.generate("ROMEO:", length=50, temperature=1.0, seed=5, num_samples=3)
+    samples = gen.generate_batch("ROMEO:", length=50, temperature=1.0, seed=5, num_samples=3)
     assert len(samples) == 3 and all(len(s) == 50 for s in samples) and len(set(samples)) == 3
     assert samples[0] == gen.generate("ROMEO:", length=50, temperature=1.0, seed=5)  # row 0 = the single run
-    chunks = list(gen.stream("ROMEO:", length=5, seed=5, num_samples=3))
+    chunks = list(gen.stream_batch("ROMEO:", length=5, seed=5, num_samples=3))
     assert len(chunks) == 5 and all(len(c) == 3 for c in chunks)
+    with pytest.raises(InputError, match="num_samples 3: .*generate_batch"):
+        gen.generate("ROMEO:", num_samples=3)
+
+
+def test_each_method_has_one_return_type(gen):
+    assert isinstance(gen.generate("A", length=3, seed=1), str)
+    assert all(isinstance(piece, str) for piece in gen.stream("A", length=3, seed=1))
+    assert gen.generate_batch("A", length=0, num_samples=2) == ["", ""]
+    assert isinstance(gen.generate_batch("A", length=3, seed=1), list)
+    assert all(isinstance(p, list) for p in gen.stream_batch("A", length=3, seed=1))
+
+
+def test_params_objects_and_keyword_shortcuts_agree(gen):
+    from charlstm.runtime import SamplingParams, SearchParams
+    by_object = gen.generate("AB", SamplingParams(temperature=0.9, top_k=5), SearchParams(length=30, seed=2))
+    assert by_object == gen.generate("AB", temperature=0.9, top_k=5, length=30, seed=2)
+    with pytest.raises(TypeError, match="not both"):
+        gen.generate("AB", SamplingParams(temperature=0.9), temperature=0.5)
 
 
 def test_stop_truncates_and_keeps_the_stop_string(gen):
@@ -103,7 +121,7 @@ def test_stop_truncates_and_keeps_the_stop_string(gen):
     first = full.index(stop)
     stopped = gen.generate("", length=300, temperature=1.0, seed=11, stop=stop)
     assert stopped == full[:first + len(stop)]
-    batch = gen.generate("", length=300, temperature=1.0, seed=11, stop=stop, num_samples=2)
+    batch = gen.generate_batch("", length=300, temperature=1.0, seed=11, stop=stop, num_samples=2)
     assert batch[0] == stopped and (batch[1].endswith(stop) or len(batch[1]) == 300)
 
 
@@ -120,15 +138,17 @@ def test_empty_prompt_starts_after_a_newline(gen):
 
 
 def test_unknown_characters_error_or_skip(gen):
-    with pytest.raises(InputError, match="'é'.*--unknown skip"):
+    with pytest.raises(InputError, match="'é'.*pass `unknown=skip` to drop them"):
         gen.generate("ROMéO", length=5)
     assert gen.generate("ROMéO", length=20, seed=1, unknown="skip") == gen.generate("ROMO", length=20, seed=1)
 
 
 def test_arguments_are_checked_before_streaming(gen):
-    for kwargs in ({"length": -1}, {"length": 10_000_001}, {"num_samples": 0}, {"stop": ""}, {"top_p": 2.0}):
-        with pytest.raises(InputError):
+    for kwargs in ({"length": -1}, {"length": 10_000_001}, {"num_samples": 0}, {"stop": ""}, {"top_p": 2.0},
+                   {"temperature": 1e39}, {"seed": -5}):
+        with pytest.raises(InputError) as e:
             gen.stream("A", **kwargs)  # raises at the call, not at the first next()
+        assert e.value.param == next(iter(kwargs)) and str(e.value).startswith(next(iter(kwargs)))
 
 
 def test_evaluate_text_matches_a_numpy_cross_entropy(model_dir, gen):
@@ -154,7 +174,7 @@ def test_int8_runs_on_the_cpu(model_dir, gen):
     int8 = Generator(model_dir, device="auto", int8=True)
     assert int8.device == "cpu" and int8.path.name == "model.int8.onnx"
     assert len(int8.generate("ROMEO:", length=40, seed=1)) == 40
-    with pytest.raises(InputError, match="--int8"):
+    with pytest.raises(InputError, match="int8 runs on the CPU only"):
         Generator(model_dir, device="cuda", int8=True)
     result = evaluate_text(model_dir, "To be, or not to be", int8=True)
     assert result["model_file"] == "model.int8.onnx" and math.isfinite(result["nats_per_char"])
@@ -165,10 +185,8 @@ def test_default_model_comes_from_the_environment(model_dir, monkeypatch, tmp_pa
     assert default_model_dir() == model_dir
     assert Generator(device="cpu").sha256 == load_manifest(model_dir).files["model.onnx"]["sha256"]
     monkeypatch.delenv("CHARLSTM_MODEL")
-    monkeypatch.chdir(tmp_path)
-    if not (Path(runtime.__file__).resolve().parents[1] / "models" / "shakespeare" / "model.json").is_file():
-        with pytest.raises(ModelError, match="no default model found: pass --model DIR"):
-            default_model_dir()
+    monkeypatch.chdir(tmp_path)  # the packaged default does not depend on the current folder
+    assert (default_model_dir() / "model.json").is_file() and default_model_dir().name == "shakespeare"
 
 
 def test_a_manifest_that_disagrees_with_the_graph_is_a_model_error(tmp_path):
@@ -181,19 +199,42 @@ def test_a_manifest_that_disagrees_with_the_graph_is_a_model_error(tmp_path):
         Generator(folder, device="cpu")
 
 
-def test_workers_spin_only_when_the_machine_is_idle():
-    from runtime.session import auto_spinning
-    assert auto_spinning(0, cores=2, load=0.3)[0]  # 0 threads = one per core
-    assert not auto_spinning(0, cores=2, load=1.0)[0]  # a busy process on one of two cores
-    assert auto_spinning(8, cores=16, load=7.9)[0] and not auto_spinning(8, cores=16, load=8.0)[0]
-    assert not auto_spinning(1, cores=16, load=0.0)[0]  # one thread has no workers to keep awake
-    assert not auto_spinning(4, cores=2, load=0.0)[0]  # more threads than cores
-    spin, why = auto_spinning(0, cores=4, load=None)
-    assert not spin and "no load average" in why
+def test_workers_spin_only_when_nothing_else_runs():
+    from charlstm.runtime.spinning import decide
+    assert decide(0, cores=2, others=0.2)[0]  # 0 threads = one per core
+    assert not decide(0, cores=2, others=1.0)[0]  # a busy process on one of two cores
+    assert decide(8, cores=16, others=7.9)[0] and not decide(8, cores=16, others=8.0)[0]
+    assert not decide(1, cores=16, others=0.0)[0]  # one thread has no workers to keep awake
+    assert not decide(4, cores=2, others=0.0)[0]  # more threads than cores
+    spin, why = decide(0, cores=4, others=None)
+    assert spin and "default" in why
+
+
+def test_the_spinning_signal_sees_a_busy_process_but_not_an_exited_one(tmp_path):
+    """The count of runnable threads reflects the moment: a process spinning a core now counts, one that ran a
+    moment ago does not (the 1-minute load average remembered it)."""
+    import subprocess
+    import sys
+
+    from charlstm.runtime.spinning import runnable_elsewhere
+    import time
+    before = runnable_elsewhere(samples=20)
+    if before is None:
+        pytest.skip("no /proc/loadavg on this system")
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        during = runnable_elsewhere(samples=20)
+    finally:
+        busy.kill()
+        busy.wait()
+    time.sleep(0.2)
+    after = runnable_elsewhere(samples=20)
+    assert during >= before + 0.5 and after <= during - 0.5, (before, during, after)
 
 
 def test_spinning_or_not_the_text_is_the_same(model_dir, gen):
-    from runtime.session import SessionConfig
+    from charlstm.runtime.session import SessionConfig
     texts = {Generator(model_dir, device="cpu", threads=2, spinning=s).generate("AB", length=40, seed=7)
              for s in (True, False)}
     assert texts == {gen.generate("AB", length=40, seed=7)}
@@ -202,15 +243,20 @@ def test_spinning_or_not_the_text_is_the_same(model_dir, gen):
         SessionConfig(spinning="yes")
 
 
-def test_the_step_loop_draws_what_next_ids_would_draw_step_by_step(gen):
-    from runtime.generator import NOISE_BLOCK
-    from runtime.sampling import SamplingParams, next_ids, row_generators
-    length, rows = 2 * NOISE_BLOCK + 5, 2  # across block boundaries
-    texts = gen.generate("AB", length=length, temperature=0.8, seed=11, num_samples=rows)
-    rngs, params = row_generators(11, rows), SamplingParams(temperature=0.8)
+def test_the_step_loop_draws_what_one_pick_a_step_would_draw(gen):
+    """The loop's noise comes NOISE_BLOCK steps at a time; picked one step at a time with the same generators,
+    the text is the same, across block boundaries."""
+    from charlstm.runtime.sampling import NOISE_BLOCK, Sampler, SamplingParams, gumbel_max, gumbel_uniforms, row_generators
+    length, rows = 2 * NOISE_BLOCK + 5, 2
+    texts = gen.generate_batch("AB", length=length, temperature=0.8, seed=11, num_samples=rows)
+    rngs = row_generators(11, rows)
     logits, picks = gen.prime(gen.encode("AB"), rows), []
     for _ in range(length):
-        picked = next_ids(logits, params, rngs)
+        picked = gumbel_max(logits, 0.8, gumbel_uniforms(rngs, logits.shape[-1]))
         picks.append(picked)
         logits = gen.stepper.step(picked)
     assert texts == ["".join(gen.itos[int(p[row])] for p in picks) for row in range(rows)]
+    sampler = Sampler(SamplingParams(temperature=0.8), row_generators(11, rows), len(gen.itos), block=3)
+    again = [sampler.noise(2) for _ in range(4)]  # blocks of 3 handed out 2 at a time
+    whole = Sampler(SamplingParams(temperature=0.8), row_generators(11, rows), len(gen.itos)).noise(8)
+    np.testing.assert_array_equal(np.concatenate(again), whole)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from charlstm.errors import UserError
-from runtime.sampling import (SamplingParams, draw, greedy, gumbel_max, log_softmax, next_ids, row_generators,
+from charlstm.runtime.sampling import (Sampler, SamplingParams, draw, greedy, gumbel_max, log_softmax, row_generators,
                               gumbel_uniforms, softmax, top_k_filter, top_p_filter, uniforms)
 
 LOGITS = np.log(np.array([[0.1, 0.2, 0.3, 0.4],
@@ -38,8 +38,9 @@ def test_log_softmax_matches_log_of_softmax():
 def test_greedy_at_temperature_0_takes_the_likeliest_per_row():
     rngs = row_generators(0, 2)
     assert greedy(LOGITS).tolist() == [3, 0]
-    assert next_ids(LOGITS, SamplingParams(temperature=0), rngs).tolist() == [3, 0]
-    assert next_ids(LOGITS, SamplingParams(temperature=0, top_k=1, top_p=0.1), rngs).tolist() == [3, 0]
+    assert Sampler(SamplingParams(temperature=0), rngs, 4).pick(LOGITS).tolist() == [3, 0]
+    assert Sampler(SamplingParams(temperature=0, top_k=1, top_p=0.1), rngs, 4).pick(LOGITS).tolist() == [3, 0]
+    assert Sampler(SamplingParams(temperature=1e-30), rngs, 4).pick(LOGITS).tolist() == [3, 0]  # below float32
 
 
 def test_top_k_keeps_k_and_renormalises():
@@ -67,10 +68,10 @@ def test_draw_is_the_inverse_cdf():
 
 def test_sampling_matches_the_distribution():
     params = SamplingParams(temperature=1.0)
-    rngs = row_generators(123, 2)
+    sampler = Sampler(params, row_generators(123, 2), 4)
     counts = np.zeros((2, 4))
     for _ in range(20_000):
-        for row, i in enumerate(next_ids(LOGITS, params, rngs)):
+        for row, i in enumerate(sampler.pick(LOGITS)):
             counts[row, i] += 1
     np.testing.assert_allclose(counts / 20_000, np.exp(LOGITS), atol=0.015)
 
@@ -80,8 +81,8 @@ def test_a_seed_reproduces_and_rows_are_independent():
     logits = np.zeros((3, 50))
 
     def run(seed, rows):
-        rngs = row_generators(seed, rows)
-        return np.stack([next_ids(logits[:rows], params, rngs) for _ in range(40)], axis=1)
+        sampler = Sampler(params, row_generators(seed, rows), 50)
+        return np.stack([sampler.pick(logits[:rows]) for _ in range(40)], axis=1)
 
     a, b = run(7, 3), run(7, 3)
     assert (a == b).all()
@@ -114,11 +115,22 @@ def test_gumbel_max_is_a_draw_from_the_softmax():
     ({"temperature": -0.1}, "-0.1"),
     ({"temperature": math.nan}, "nan"),
     ({"temperature": math.inf}, "inf"),
-    ({"top_k": 0}, "--top-k 0"),
-    ({"top_p": 0.0}, "--top-p 0.0"),
-    ({"top_p": 1.5}, "--top-p 1.5"),
+    ({"temperature": 1e39}, "1e+39"),
+    ({"top_k": 0}, "top_k 0"),
+    ({"top_p": 0.0}, "top_p 0.0"),
+    ({"top_p": 1.5}, "top_p 1.5"),
 ])
 def test_bad_sampling_params_are_user_errors(kwargs, quoted):
     with pytest.raises(UserError, match=None) as e:
         SamplingParams(**kwargs)
     assert quoted in str(e.value) and "\n" not in str(e.value)
+
+
+def test_tiny_and_huge_temperatures_stay_finite():
+    """Below float32's resolution a temperature is greedy; up to the bound the filtered draw stays finite."""
+    logits = np.array([[2.0, 1.0, 0.5, -1.0]])
+    for t in (1e-320, 1e-9):
+        for params in (SamplingParams(temperature=t), SamplingParams(temperature=t, top_k=2)):
+            assert Sampler(params, row_generators(0, 1), 4).pick(logits).tolist() == [0]
+    wide = Sampler(SamplingParams(temperature=100, top_k=3), row_generators(0, 1), 4)
+    assert all(0 <= wide.pick(logits)[0] < 3 for _ in range(50))

@@ -9,22 +9,27 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, TINY, TINY_TRAIN, _train, run_cli
+from tests.conftest import ROOT, SLOW_MACHINE_TIMEOUT, TINY, TINY_TRAIN, _train, run_cli
 
 pytest.importorskip("keras", reason="the `train` extra is not installed")
 
-from training import corpus, run  # noqa: E402
-from training.config import ConfigError  # noqa: E402
+from charlstm.runtime.files import sha256_file  # noqa: E402
+from charlstm.runtime.text import read_text  # noqa: E402
+from charlstm.training import run  # noqa: E402
+from charlstm.training.config import ConfigError  # noqa: E402
 
 
 def test_run_folder_describes_itself(tiny_run, corpus_path):
     cfg = json.loads((tiny_run / "config.json").read_text())
     assert cfg["format"] == "charlstm-run" and cfg["model"]["units"] == 32
-    assert cfg["corpus"]["sha256"] == corpus.sha256_file(corpus_path)
+    assert cfg["corpus"]["sha256"] == sha256_file(corpus_path) and cfg["corpus"]["name"] == "tiny.txt"
+    assert not Path(cfg["corpus"]["path"]).is_absolute()  # relative to the run folder: no machine's paths
+    assert (tiny_run / cfg["corpus"]["path"]).resolve() == corpus_path.resolve()
     assert cfg["versions"]["keras"] and cfg["versions"]["tensorflow"]
     vocab = json.loads((tiny_run / "vocab.json").read_text())
     assert vocab == sorted(set(corpus_path.read_text()))
@@ -55,7 +60,7 @@ def test_resume_equals_uninterrupted(tmp_path, corpus_path):
     options = dict(units=16, layers=2, dropout=0.2, stateful=True, epochs=4)
     full = run.read_history(_train(tmp_path / "full", corpus_path, **options) / "history.csv")
     _train(tmp_path / "part", corpus_path, **{**options, "epochs": 2})
-    from training.train import train
+    from charlstm.training.train import train
     train(None, tmp_path / "part", resume=True, epochs=4, verbose=0, log=lambda m: None)
     part = run.read_history(tmp_path / "part" / "history.csv")
     assert [r["epoch"] for r in part] == [1, 2, 3, 4]
@@ -66,8 +71,8 @@ def test_resume_equals_uninterrupted(tmp_path, corpus_path):
 
 def _checkpoints_readable(run_dir) -> int:
     import keras
-    from training.config import ModelConfig, from_dict
-    from training.model import build_model
+    from charlstm.training.config import ModelConfig, from_dict
+    from charlstm.training.model import build_model
     mc = from_dict(ModelConfig, json.loads((run_dir / "config.json").read_text())["model"])
     # Files under a temporary name (.tmp-*) are half-written by design when a kill lands mid-save: never read.
     files = sorted(f for f in (run_dir / "checkpoints").glob("*.weights.h5") if not f.name.startswith(".tmp-"))
@@ -90,7 +95,7 @@ def test_sigkill_at_random_moments_then_resume(tmp_path, corpus_path):
     for attempt in range(8):
         resume = ["--resume"] if (tmp_path / "run" / "config.json").exists() else []
         cmd = args if not resume else ["train", "--out", str(tmp_path / "run"), "--resume", "--quiet"]
-        proc = subprocess.Popen([sys.executable, "-m", "charlstm.cli", *cmd], cwd=ROOT,
+        proc = subprocess.Popen([sys.executable, "-m", "charlstm", *cmd], cwd=ROOT,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         if kills < 3:
             time.sleep(float(rng.uniform(4.0, 9.0)))  # start-up takes about 4 s; epochs then last about 0.5 s
@@ -101,7 +106,7 @@ def test_sigkill_at_random_moments_then_resume(tmp_path, corpus_path):
             if (tmp_path / "run" / "checkpoints").exists():
                 _checkpoints_readable(tmp_path / "run")
             continue
-        out, err = proc.communicate(timeout=300)
+        out, err = proc.communicate(timeout=SLOW_MACHINE_TIMEOUT)
         assert proc.returncode == 0, err[-2000:]
         break
     assert kills >= 1
@@ -120,8 +125,8 @@ def test_sigkill_at_random_moments_then_resume(tmp_path, corpus_path):
 def test_read_text_normalises(tmp_path):
     p = tmp_path / "t.txt"
     p.write_bytes("\ufeffa\r\nb\r\n".encode("utf-8"))
-    assert corpus.read_text(p) == "a\nb\n"
-    assert corpus.read_text(p, keep_newlines=True) == "a\r\nb\r\n"
+    assert read_text(p) == "a\nb\n"
+    assert read_text(p, keep_newlines=True) == "a\r\nb\r\n"
 
 
 @pytest.mark.parametrize("content, message", [
@@ -142,20 +147,24 @@ def test_bad_corpus_one_line_error(tmp_path, content, message):
 
 
 @pytest.mark.parametrize("key, value, message", [
-    ("units", 0, "--units must be at least 1, got 0"),
-    ("dropout", 1.0, "--dropout must be in [0, 1), got 1.0"),
-    ("recurrent_dropout", -0.1, "--recurrent-dropout must be in [0, 1), got -0.1"),
-    ("learning_rate", -1.0, "--learning-rate must be positive, got -1.0"),
-    ("val_fraction", 1.5, "--val-fraction must be in (0, 1), got 1.5"),
-    ("batch_size", 0, "--batch-size must be at least 1, got 0"),
+    ("units", 0, "units must be an integer from 1 to 65,536, got 0"),
+    ("dropout", 1.0, "dropout must be in [0, 1), e.g. 0.25, got 1.0"),
+    ("recurrent_dropout", -0.1, "recurrent_dropout must be in [0, 1), e.g. 0.25, got -0.1"),
+    ("learning_rate", -1.0, "learning_rate must be a positive number up to 1, e.g. 2e-3, got -1.0"),
+    ("learning_rate", float("inf"), "learning_rate must be a positive number up to 1, e.g. 2e-3, got inf"),
+    ("learning_rate", 1e300, "learning_rate must be a positive number up to 1, e.g. 2e-3, got 1e+300"),
+    ("val_fraction", 1.5, "val_fraction must be in (0, 1), e.g. 0.1, got 1.5"),
+    ("batch_size", 0, "batch_size must be an integer from 1 to 1,048,576, got 0"),
+    ("seed", -5, "seed must be an integer from 0 to 4,294,967,295, got -5"),
+    ("seed", 2**32, "seed must be an integer from 0 to 4,294,967,295, got 4294967296"),
 ])
 def test_bad_option_values(tmp_path, corpus_path, key, value, message):
-    from training.config import TrainConfig, split_options
-    from training.train import train
+    from charlstm.training.config import TrainConfig, split_options
+    from charlstm.training.train import train
     model_options, train_options = split_options({**TINY, **TINY_TRAIN, key: value})
     with pytest.raises(ConfigError) as e:
         train(corpus_path, tmp_path / "run", model_options, TrainConfig(**train_options), verbose=0)
-    assert str(e.value) == message
+    assert str(e.value) == message and e.value.param == key
 
 
 def test_existing_run_folder_is_refused(tiny_run, corpus_path):
@@ -183,14 +192,16 @@ def test_mirrored_strategy_on_two_logical_cpus(tmp_path, corpus_path):
         import tensorflow as tf
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-        from training.config import TrainConfig
-        from training.train import train
-        s = train({str(corpus_path)!r}, {str(tmp_path / "run")!r}, dict(embedding_dim=8, units=16),
-                  TrainConfig(epochs=2, batch_size=8, seq_length=32, sample_every=0, strategy="mirrored"),
+        from charlstm.training.config import TrainConfig
+        from charlstm.training.train import train
+        s = train({str(corpus_path)!r}, {str(tmp_path / "run")!r},
+                  dict(embedding_dim=8, units=16, layers=1, dropout=0.0, recurrent_dropout=0.0),
+                  TrainConfig(epochs=2, batch_size=8, seq_length=32, sample_every=0, strategy="mirrored",
+                              stateful=False),
                   verbose=0)
         print("best", s["best_val_loss"])
     """)
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=SLOW_MACHINE_TIMEOUT)
     assert result.returncode == 0, result.stderr[-3000:]
     cfg = json.loads((tmp_path / "run" / "config.json").read_text())
     assert cfg["replicas"] == 2 and cfg["train"]["strategy"] == "mirrored"
@@ -199,8 +210,8 @@ def test_mirrored_strategy_on_two_logical_cpus(tmp_path, corpus_path):
 
 CARRY_PROBE = textwrap.dedent("""
     import json, numpy as np, keras
-    from training.config import ModelConfig
-    from training.model import build_model, reset_states
+    from charlstm.training.config import ModelConfig
+    from charlstm.training.model import build_model, reset_states
     model = build_model(ModelConfig(vocab_size=10, embedding_dim=8, units=16, layers=2, dropout=0.1,
                                     recurrent_dropout=0.1), 4, True)
     model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
@@ -218,7 +229,7 @@ def test_stateful_lstm_carries_state_on_every_backend(backend):
     """Keras 3.15's own stateful LSTM drops its state under JAX's stateless fit; training.model.LSTM does not."""
     pytest.importorskip(backend, reason=f"{backend} is not installed")
     result = subprocess.run([sys.executable, "-c", CARRY_PROBE], capture_output=True, text=True, cwd=ROOT,
-                            env={**os.environ, "KERAS_BACKEND": backend}, timeout=300)
+                            env={**os.environ, "KERAS_BACKEND": backend}, timeout=SLOW_MACHINE_TIMEOUT)
     assert result.returncode == 0, result.stderr[-2000:]
     probe = json.loads(result.stdout.strip().splitlines()[-1])
     assert probe["after_fit"] > 0.01  # the last batch's state is kept for the next one
@@ -248,7 +259,7 @@ def test_jax_backend_trains_resumes_and_exports(tmp_path, corpus_path):
 
 
 def test_seed_preset_is_the_notebooks_recipe():
-    from training.config import PRESETS, ModelConfig, TrainConfig, split_options
+    from charlstm.training.config import PRESETS, ModelConfig, TrainConfig, split_options
     model_options, train_options = split_options(PRESETS["seed"])
     mc, tc = ModelConfig(vocab_size=92, **model_options), TrainConfig(**train_options)
     assert (mc.embedding_dim, mc.units, mc.layers, mc.dropout) == (256, 1024, 1, 0.0)

@@ -11,8 +11,8 @@ import numpy as np
 import onnx
 import pytest
 
-from export.triton import TritonError, check_wrapper, wrap, write_repository
-from tests.conftest import ROOT, run_cli
+from charlstm.export.triton import TritonError, check_wrapper, wrap, write_repository
+from tests.conftest import ROOT, SLOW_MACHINE_TIMEOUT, run_cli
 from tests.onnx_fixture import make_model_dir, numpy_step
 
 ort = pytest.importorskip("onnxruntime")
@@ -141,11 +141,11 @@ def test_module_command_writes_a_repository(tmp_path):
     """`python -m export.triton MODEL REPO` needs no TensorFlow: a repository from an existing model folder."""
     model = make_model_dir(tmp_path / "model")
     done = subprocess.run([sys.executable, "-m", "export.triton", str(model), str(tmp_path / "repo")],
-                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+                          capture_output=True, text=True, cwd=ROOT, timeout=SLOW_MACHINE_TIMEOUT)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "repo" / "fixture" / "config.pbtxt").is_file()
     again = subprocess.run([sys.executable, "-m", "export.triton", str(model), str(tmp_path / "repo")],
-                           capture_output=True, text=True, cwd=ROOT, timeout=120)
+                           capture_output=True, text=True, cwd=ROOT, timeout=SLOW_MACHINE_TIMEOUT)
     assert again.returncode == 2 and again.stderr.startswith("error: ") and "Traceback" not in again.stderr
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from training.corpus import CorpusError
+from charlstm.training.corpus import CorpusError
 
 
 class CharBatches(keras.utils.PyDataset):

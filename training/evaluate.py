@@ -14,16 +14,16 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from training import corpus, run
-from training.config import ConfigError, ModelConfig, from_dict
-from training.model import build_model, load_checkpoints, reset_states
+from charlstm.training import corpus, run
+from charlstm.training.config import ConfigError, ModelConfig, from_dict
+from charlstm.training.model import build_model, load_checkpoints, reset_states
 
 CHUNK = 1000  # characters per Keras call; the state is carried between calls
 
 
 def evaluate_run(run_dir: Path, text: str, checkpoint: str = "best", progress=None, average: int = 1) -> dict:
-    cfg = run.read_json(Path(run_dir) / "config.json")
-    vocab = run.read_json(Path(run_dir) / "vocab.json")
+    cfg = run.read_config(Path(run_dir))
+    vocab = run.read_vocab(Path(run_dir))
     mc = from_dict(ModelConfig, cfg["model"])
     paths, epochs = run.checkpoint_window(Path(run_dir), checkpoint, average)
     model = build_model(mc, batch_size=1, stateful=True)
@@ -35,7 +35,11 @@ def evaluate_run(run_dir: Path, text: str, checkpoint: str = "best", progress=No
     nll, start, n = 0.0, time.perf_counter(), len(ids) - 1
     for lo in range(0, n, CHUNK):
         x, y = ids[lo: min(lo + CHUNK, n)], ids[lo + 1: min(lo + CHUNK, n) + 1]
-        logits = keras.ops.convert_to_numpy(model(x[None, :], training=False))[0].astype(np.float64)
+        # predict_on_batch runs the compiled predict function (an eager call steps the LSTM op by op, ~50x
+        # slower); the last chunk is padded to the same shape, so nothing is compiled twice. The state carries.
+        padded = np.zeros(CHUNK, np.int32)
+        padded[:len(x)] = x
+        logits = np.asarray(model.predict_on_batch(padded[None, :]))[0, :len(x)].astype(np.float64)
         m = logits.max(-1, keepdims=True)
         logp = logits - m - np.log(np.exp(logits - m).sum(-1, keepdims=True))
         nll -= float(logp[np.arange(len(y)), y].sum())

@@ -1,17 +1,17 @@
 """The network: Embedding -> LSTM x layers (dropout between) -> Dense logits, in backend-agnostic Keras 3.
 
-Also the weights as plain numpy arrays and a numpy LSTM step on them, for the samples printed during training.
+Also the weights as plain numpy arrays (charlstm.runtime.reference.Weights), for the export and for the samples
+printed during training, which run the runtime's numpy LSTM cell.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import keras
 import numpy as np
 
 from charlstm.errors import UserError
-from training.config import ModelConfig
+from charlstm.runtime.reference import Weights, numpy_step
+from charlstm.training.config import ModelConfig
 
 
 STATE_PREFIX = "carried_state_"  # the name of training.model.LSTM's state variables, which are not weights
@@ -106,26 +106,6 @@ def reset_states(model: keras.Model) -> None:
             layer.reset_state()
 
 
-@dataclass
-class Weights:
-    """The trained numbers, framework-free. Keras' gate order is i, f, c (candidate), o."""
-
-    embedding: np.ndarray  # [vocab, embedding_dim]
-    kernels: list[np.ndarray]  # per layer [input_width, 4 * units]
-    recurrent_kernels: list[np.ndarray]  # per layer [units, 4 * units]
-    biases: list[np.ndarray]  # per layer [4 * units]
-    dense_kernel: np.ndarray  # [units, vocab]
-    dense_bias: np.ndarray  # [vocab]
-
-    @property
-    def layers(self) -> int:
-        return len(self.kernels)
-
-    @property
-    def units(self) -> int:
-        return self.recurrent_kernels[0].shape[0]
-
-
 def get_weights(model: keras.Model) -> Weights:
     lstms = [layer for layer in model.layers if isinstance(layer, keras.layers.LSTM)]
     f32 = lambda v: np.asarray(keras.ops.convert_to_numpy(v), dtype=np.float32)  # noqa: E731
@@ -139,30 +119,12 @@ def get_weights(model: keras.Model) -> Weights:
     )
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 0.5 * (np.tanh(0.5 * x) + 1.0)  # overflow-free
-
-
-def numpy_step(w: Weights, token: np.ndarray, h: np.ndarray, c: np.ndarray):
-    """One character for a batch: token [batch], h and c [layers, batch, units] -> logits, h, c."""
-    x = w.embedding[token]
-    h_out, c_out = np.empty_like(h), np.empty_like(c)
-    for i in range(w.layers):
-        z = x @ w.kernels[i] + h[i] @ w.recurrent_kernels[i] + w.biases[i]
-        zi, zf, zc, zo = np.split(z, 4, axis=-1)
-        c_out[i] = _sigmoid(zf) * c[i] + _sigmoid(zi) * np.tanh(zc)
-        h_out[i] = _sigmoid(zo) * np.tanh(c_out[i])
-        x = h_out[i]
-    return x @ w.dense_kernel + w.dense_bias, h_out, c_out
-
-
 def sample_text(w: Weights, vocab: list[str], prompt: str, length: int, temperature: float,
                 rng: np.random.Generator) -> str:
     """char-rnn's progress sample: prime the state on the prompt, then draw `length` characters."""
     stoi = {ch: i for i, ch in enumerate(vocab)}
     ids = [stoi[ch] for ch in prompt if ch in stoi] or [0]
-    h = np.zeros((w.layers, 1, w.units), np.float32)
-    c = np.zeros_like(h)
+    h, c = w.zero_state(1)
     for t in ids:
         logits, h, c = numpy_step(w, np.array([t]), h, c)
     out = []

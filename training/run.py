@@ -19,48 +19,75 @@ import csv
 import io
 import json
 import math
-import os
 import re
-import tempfile
-from contextlib import contextmanager
+import shutil
 from pathlib import Path
 
-from training.config import ConfigError
+from charlstm.runtime.files import TMP_PREFIX, atomic_path, write_json, write_text  # noqa: F401
+from charlstm.training.config import ConfigError
 
 LN2 = math.log(2.0)
 HISTORY_FIELDS = ["epoch", "train_loss", "train_bits", "val_loss", "val_bits", "seconds"]
 
 
-@contextmanager
-def atomic_path(path: Path, suffix: str = ""):
-    """Yield a temporary path beside `path` (same suffix, so Keras accepts it); rename it into place on success."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.stem}-", suffix=suffix or "".join(path.suffixes),
-                               dir=path.parent)
-    os.close(fd)
-    os.unlink(tmp)  # some writers (h5py, zip) refuse an existing file
-    try:
-        yield Path(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def write_text(path: Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-
-
-def write_json(path: Path, data) -> None:
-    write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-
-
 def read_json(path: Path):
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def _read_run_file(path: Path, kind: type, what: str):
+    """A run folder's JSON file, or one line naming the file: missing, unreadable, truncated or the wrong shape."""
+    if not path.is_file():
+        raise ConfigError(f"{path.parent} is not a run folder (no {path.name}): pass the --out of `charlstm train`",
+                          "run_dir")
+    try:
+        data = read_json(path)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path} is damaged ({e.__class__.__name__}: {str(e)[:80]}): restore it from a backup "
+                          "or train the run again", "run_dir") from None
+    if not isinstance(data, kind):
+        raise ConfigError(f"{path} holds a JSON {type(data).__name__}, not {what}: the run folder is damaged",
+                          "run_dir")
+    return data
+
+
+def read_config(run_dir: Path) -> dict:
+    cfg = _read_run_file(Path(run_dir) / "config.json", dict, "an object")
+    for key in ("model", "train", "corpus"):
+        if not isinstance(cfg.get(key), dict):
+            raise ConfigError(f"{Path(run_dir) / 'config.json'} lacks its {key!r} section: the run folder is damaged",
+                              "run_dir")
+    return cfg
+
+
+def read_vocab(run_dir: Path) -> list[str]:
+    vocab = _read_run_file(Path(run_dir) / "vocab.json", list, "a list")
+    if not vocab or not all(isinstance(ch, str) and len(ch) == 1 for ch in vocab) or len(set(vocab)) != len(vocab):
+        raise ConfigError(f"{Path(run_dir) / 'vocab.json'} is not a list of distinct characters: the run folder is "
+                          "damaged", "run_dir")
+    return vocab
+
+
+def corpus_path(run_dir: Path, cfg: dict) -> Path | None:
+    """Where the run's corpus is, if it is still there: config.json records it relative to the run folder (older
+    runs: absolute)."""
+    recorded = cfg.get("corpus", {}).get("path")
+    if not recorded:
+        return None
+    path = Path(run_dir) / recorded
+    return path if path.is_file() else None
+
+
+def corpus_record(cfg: dict) -> dict:
+    """The corpus by name and digest, without a path: what a model folder's provenance records."""
+    c = cfg.get("corpus", {})
+    record = {k: v for k, v in c.items() if k != "path"}
+    record.setdefault("name", Path(c["path"]).name if c.get("path") else None)
+    return record
+
+
+def portable_config(cfg: dict) -> dict:
+    """config.json without machine paths, for a model folder that may be copied anywhere."""
+    return {**cfg, "corpus": corpus_record(cfg)}
 
 
 def write_history(path: Path, rows: list[dict]) -> None:
@@ -99,11 +126,12 @@ def latest_resume(run_dir: Path) -> tuple[Path, dict] | None:
     return state_path.with_suffix(".keras"), read_json(state_path)
 
 
-def remove_stale_temps(run_dir: Path) -> None:
-    """Half-written files a killed run left under temporary names: never read, removed when the run resumes."""
+def remove_run_temps(run_dir: Path) -> None:
+    """Half-written files a killed run left under temporary names: never read, removed when the run resumes
+    (under the run's lock, so no live writer owns them)."""
     for folder in (Path(run_dir), Path(run_dir) / "checkpoints", Path(run_dir) / "resume"):
-        for p in folder.glob(".tmp-*") if folder.is_dir() else []:
-            p.unlink(missing_ok=True)
+        for p in folder.glob(f"{TMP_PREFIX}*") if folder.is_dir() else []:
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
 
 def prune_resume(run_dir: Path, keep_epoch: int) -> None:

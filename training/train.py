@@ -10,7 +10,7 @@ import contextlib
 import dataclasses
 import datetime
 import math
-import platform
+import os
 import sys
 import time
 from pathlib import Path
@@ -18,35 +18,31 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from training import corpus, run
-from training.config import ConfigError, ModelConfig, TrainConfig, from_dict, to_dict
-from training.data import CharBatches, SetEpoch
-from training.model import build_model, get_weights, reset_states, sample_text
+from charlstm.runtime import machine as machine_info
+from charlstm.runtime import text as text_io
+from charlstm.runtime.files import sha256_file
+from charlstm.runtime.manifest import SamplingDefaults
+from charlstm.training import corpus, run
+from charlstm.training.config import ConfigError, ModelConfig, TrainConfig, from_dict, to_dict
+from charlstm.training.data import CharBatches, SetEpoch
+from charlstm.training.model import build_model, get_weights, reset_states, sample_text
 
+TEMPERATURE = SamplingDefaults.temperature  # the progress samples use generate's default
 RUN_FORMAT = "charlstm-run"
 RUN_FORMAT_VERSION = 1
 
 
 def versions() -> dict:
-    out = {"python": platform.python_version(), "keras": keras.__version__, "backend": keras.backend.backend(),
-           "numpy": np.__version__}
-    with contextlib.suppress(ImportError):
-        import tensorflow as tf
-        out["tensorflow"] = tf.__version__
-    return out
+    import keras as k
+    return {**machine_info.versions("keras", "numpy", "tensorflow", "jax"), "backend": k.backend.backend()}
 
 
 def machine() -> dict:
     """Where the run trained, for the record (figures are only comparable on the same machine)."""
-    import os
     gpus = []
     with contextlib.suppress(Exception):
         gpus = [str(d) for d in keras.distribution.list_devices("gpu")]
-    processor = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):  # Linux names the CPU model; platform.processor() says only x86_64
-        names = [ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")]
-        processor = names[0] if names else processor
-    return {"platform": platform.platform(), "processor": processor, "cpus": os.cpu_count(), "gpus": gpus}
+    return machine_info.machine(gpus)
 
 
 def _strategy(name: str):
@@ -114,19 +110,19 @@ class RunWriter(keras.callbacks.Callback):
                  f"({row['val_bits']:.3f} bits), best {self.best:.4f} at epoch {self.best_epoch}, "
                  f"{row['seconds']:.1f} s")
         if self.tc.sample_every and n % self.tc.sample_every == 0:
-            text = sample_text(get_weights(self.model), self.vocab, self.tc.sample_prompt, 200, 0.5,
+            text = sample_text(get_weights(self.model), self.vocab, self.tc.sample_prompt, 200, TEMPERATURE,
                                np.random.default_rng([self.tc.seed, n]))
-            self.log(f"--- sample after epoch {n} (temperature 0.5) ---\n{self.tc.sample_prompt}{text}\n---")
+            self.log(f"--- sample after epoch {n} (temperature {TEMPERATURE}) ---\n{self.tc.sample_prompt}{text}\n---")
         if stop:
             self.log(f"early stopping: no better validation loss for {self.tc.patience} epochs")
             self.model.stop_training = True
 
 
 def _prepare(text_path: Path, tc: TrainConfig, vocab: list[str] | None):
-    text = corpus.read_text(text_path, keep_newlines=tc.keep_newlines)
+    text = text_io.read_text(text_path, keep_newlines=tc.keep_newlines)
     vocab = vocab or corpus.build_vocab(text)
     ids = corpus.encode(text, vocab)
-    train_ids, val_ids = corpus.split(ids, tc.val_fraction)
+    train_ids, val_ids = text_io.split(ids, tc.val_fraction)
     train_ds = CharBatches(train_ids, tc.batch_size, tc.seq_length, tc.stateful, tc.seed, True, "training")
     val_ds = CharBatches(val_ids, tc.batch_size, tc.seq_length, tc.stateful, tc.seed, False, "validation")
     return text, vocab, train_ds, val_ds
@@ -190,12 +186,12 @@ def _settings(text_path, run_dir: Path, mc_options, tc, resume: bool, epochs):
         mc, tc = from_dict(ModelConfig, cfg["model"]), from_dict(TrainConfig, cfg["train"])
         if epochs is not None:
             tc = dataclasses.replace(tc, epochs=epochs)
-        text_path = Path(text_path or cfg["corpus"]["path"])
-        if not text_path.is_file() or corpus.sha256_file(text_path) != cfg["corpus"]["sha256"]:
+        text_path = Path(text_path) if text_path else run_dir / cfg["corpus"]["path"]
+        if not text_path.is_file() or sha256_file(text_path) != cfg["corpus"]["sha256"]:
             raise ConfigError(f"{text_path} is missing or not the text this run was trained on (sha256 differs "
                               f"from {cfg_path}): pass the original file with --text")
         vocab = run.read_json(run_dir / "vocab.json")
-        run.remove_stale_temps(run_dir)
+        run.remove_run_temps(run_dir)
     else:
         if text_path is None:
             raise ConfigError("--text is required: the UTF-8 file to train on")
@@ -215,7 +211,9 @@ def _write_run(run_dir: Path, mc, tc, vocab, text, text_path, train_ds, val_ds, 
     run.write_json(run_dir / "config.json", {
         "format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION,
         "model": to_dict(mc), "train": to_dict(tc), "parameters": mc.parameters(), "replicas": replicas,
-        "corpus": {"path": str(Path(text_path).resolve()), "sha256": corpus.sha256_file(text_path),
+        # The corpus by name and digest; its path relative to the run folder, never a machine's absolute path.
+        "corpus": {"name": Path(text_path).name, "path": os.path.relpath(Path(text_path).resolve(), run_dir.resolve()),
+                   "sha256": sha256_file(text_path),
                    "characters": len(text), "train_characters": len(train_ds.ids),
                    "val_characters": len(val_ds.ids)},
         "versions": versions(), "machine": machine(),

@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from charlstm import bench_cmd, evaluate_cmd, export_cmd, generate_cmd, train_cmd
+from charlstm.cli import evaluate, export, generate, train
 
 app = typer.Typer(
     help="Character-level LSTM text generation: train with Keras 3, export to ONNX, generate with ONNX Runtime.",
@@ -18,15 +18,14 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-app.command("train")(train_cmd.train)
-app.command("export")(export_cmd.export)
-app.command("generate")(generate_cmd.generate)
-app.command("evaluate")(evaluate_cmd.evaluate)
-app.command("bench")(bench_cmd.bench)
+app.command("train")(train.train)
+app.command("export")(export.export)
+app.command("generate")(generate.generate)
+app.command("evaluate")(evaluate.evaluate)
 
 
 def main() -> None:
-    """Console entry point. Commands turn their own UserErrors into one line (charlstm.errors.user_errors)."""
+    """Console entry point. Commands turn their own UserErrors into one line (charlstm.cli.output.user_errors)."""
     try:
         app()
     except KeyboardInterrupt:

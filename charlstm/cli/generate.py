@@ -1,4 +1,4 @@
-"""`charlstm generate`: a thin layer over runtime.Generator. Parse, call the library, print the text.
+"""`charlstm generate`: a thin layer over charlstm.runtime.Generator. Parse, call the library, print the text.
 
 Only typer and the standard library are imported here; numpy and onnxruntime come in inside the command,
 so `charlstm --help` stays fast. Generated text is the only thing written to stdout.
@@ -16,7 +16,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from charlstm.errors import UserError, user_errors
+from charlstm.cli.output import user_errors
+from charlstm.errors import UserError
 
 
 class Device(str, Enum):
@@ -92,7 +93,8 @@ def _json_line(row: int, prompt: str, text: str, seconds: float, gen, seed, stop
 def generate(
     model: Annotated[Optional[Path], typer.Option(
         "--model", metavar="DIR",
-        help="Model folder written by `charlstm export`. Default: $CHARLSTM_MODEL, else models/shakespeare.")] = None,
+        help="Model folder written by `charlstm export`. Default: $CHARLSTM_MODEL, else the shakespeare model that "
+             "ships with charlstm.")] = None,
     prompt: Annotated[Optional[str], typer.Option(
         help="Text to continue; fed one character at a time to warm the state. Empty: start after a newline.")] = None,
     prompt_file: Annotated[Optional[Path], typer.Option(
@@ -116,8 +118,8 @@ def generate(
                                                       "exact.")] = False,
     spin: Annotated[Optional[bool], typer.Option(
         "--spin/--no-spin", help="CPU: keep ONNX Runtime's workers busy-waiting between steps (faster on an idle "
-                                 "machine, slower beside other busy work). Default: spin when the load average "
-                                 "leaves half the cores idle.", show_default=False)] = None,
+                                 "machine, slower beside other busy work). Default: spin when nothing else is "
+                                 "running as the model loads.", show_default=False)] = None,
     stream: Annotated[bool, typer.Option(help="Print text as it is made; --no-stream prints it at the end.")] = True,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object per sample: text, characters per "
                                                           "second, device, model sha256.")] = False,
@@ -134,7 +136,7 @@ def generate(
 
     Ctrl-C stops with what was made so far printed (exit 130).
     """
-    with user_errors():
+    with user_errors({"model_dir": "--model", "num_samples": "--num-samples"}):
         try:
             _run(model, prompt, prompt_file, length, temperature, top_k, top_p, seed, num_samples,
                  None if stop is None else _unescape(stop), Device(device).value, int8, spin,
@@ -151,19 +153,21 @@ def generate(
 
 def _run(model, prompt, prompt_file, length, temperature, top_k, top_p, seed, num_samples, stop,
          device, int8, spin, stream, json_out, verbose, unknown) -> None:
-    from runtime import Generator  # numpy + onnxruntime: only when generating
+    from charlstm.runtime import Generator, SamplingParams, SearchParams, SessionConfig  # numpy + onnxruntime
 
     text_in = _read_prompt(prompt, prompt_file)
     start = time.perf_counter()
-    gen = Generator(model, device=device, int8=int8, spinning=spin)
+    gen = Generator(model, SessionConfig(device=device, int8=int8, spinning=spin))
     m = gen.manifest
+    sampling = SamplingParams(temperature=m.temperature if temperature is None else temperature, top_k=top_k,
+                              top_p=top_p)
+    search = SearchParams(length=length, num_samples=num_samples, stop=stop, seed=seed)
     _say(verbose, f"model: {m.dir} ({m.name}: {m.layers} layers x {m.units} units, {len(m.vocab)} characters); "
                   f"file {gen.path.name} sha256 {gen.sha256[:12]}; loaded in {time.perf_counter() - start:.2f} s")
     _say(verbose, f"device: {gen.device} ({', '.join(gen.session.get_providers())})"
-                  + (f"; {gen.device_note}" if gen.device_note else "") + f"; {gen.path_note(top_k, top_p)}"
+                  + (f"; {gen.device_note}" if gen.device_note else "") + f"; {gen.path_note(sampling)}"
                   + (f"; {gen.spinning_note}" if gen.device == "cpu" else ""))
-    chunks = gen.chunks(text_in, length=length, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                        stop=stop, num_samples=num_samples, unknown=unknown)  # a list of strings per run
+    runs = gen.stream_batch(text_in, sampling, search, unknown=unknown)  # a list of strings per run
     shown = text_in if unknown == "error" else gen.decode(gen.encode(text_in, unknown))
     texts: list[list[str]] = [[] for _ in range(num_samples)]
     interrupted = False
@@ -171,11 +175,11 @@ def _run(model, prompt, prompt_file, length, temperature, top_k, top_p, seed, nu
     try:
         if stream:
             _write(_header(0, num_samples) + shown)
-        for chunk in chunks:
-            for row, text in enumerate(chunk):
+        for pieces in runs:
+            for row, text in enumerate(pieces):
                 texts[row].append(text)
-            if stream and chunk[0]:
-                _write(chunk[0])
+            if stream and pieces[0]:
+                _write(pieces[0])
     except KeyboardInterrupt:
         interrupted = True
     seconds = time.perf_counter() - start

@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from charlstm.errors import UserError, user_errors
+from charlstm.cli.output import user_errors
+from charlstm.errors import UserError
 
 
 class Preset(str, Enum):
@@ -49,10 +50,10 @@ def train(
 ) -> None:
     """Train a character-level LSTM on a UTF-8 text and write a self-describing run folder."""
     with user_errors():
-        from charlstm.extras import require
+        from charlstm.cli.extras import require
         require("train", "keras", "tensorflow") if _backend() == "tensorflow" else require("train", "keras")
-        from training.config import PRESETS, TrainConfig, split_options
-        from training.train import train as run_training
+        from charlstm.training.config import PRESETS, TrainConfig, split_options
+        from charlstm.training.train import train as run_training
 
         given = {k: v for k, v in dict(
             epochs=epochs, batch_size=batch_size, seq_length=seq_length, embedding_dim=embedding_dim,
