@@ -5,10 +5,10 @@ Embedding -> LSTM -> Dense model fed one character per call, `tf.random.categori
 `.numpy()` per character. The notebook ran tf.keras 2; that is `tf_keras` today (TF_USE_LEGACY_KERAS=1), used
 when installed, else Keras 3.
 
-    python benchmarks/notebook_loop.py WEIGHTS.npz --length 500   # the text, like the notebook
-    python benchmarks/notebook_loop.py WEIGHTS.npz --serve        # for charlstm bench: stdin N -> µs/char
+    python benchmarks/notebook.py WEIGHTS.npz --length 500        # the text, like the notebook
+    python benchmarks/notebook.py WEIGHTS.npz --serve             # for bench.py: stdin N -> µs/char
 
-WEIGHTS.npz (written by benchmarks/models.py) holds vocab, embedding, kernel_i, recurrent_kernel_i, bias_i,
+WEIGHTS.npz (written by benchmarks/bench.py) holds vocab, embedding, kernel_i, recurrent_kernel_i, bias_i,
 dense_kernel, dense_bias: the same numbers as the ONNX model folder it sits beside.
 """
 
@@ -77,7 +77,7 @@ def generate_text(model, start_ids: list[int], num_generate: int, temperature: f
 
 
 def serve(model) -> None:
-    """benchmarks.timing.Child's protocol: one JSON line, then each line N on stdin gets the µs per character
+    """bench.py Child protocol: one JSON line, then each line N on stdin gets the µs per character
     of one generate_text call of N characters."""
     print(json.dumps({"keras": keras_name(), "tensorflow": tf.__version__}), flush=True)
     for line in sys.stdin:
@@ -92,7 +92,7 @@ def main() -> None:
     p.add_argument("weights", help="the .npz written beside the model folder")
     p.add_argument("--length", type=int, default=500, help="characters to generate (the notebook: 1000)")
     p.add_argument("--prompt", default="", help="start string (default: the first vocabulary character)")
-    p.add_argument("--serve", action="store_true", help="time generation on request (used by charlstm bench)")
+    p.add_argument("--serve", action="store_true", help="time generation on request (used by benchmarks/bench.py)")
     args = p.parse_args()
     weights = dict(np.load(args.weights))
     vocab = [str(ch) for ch in weights.pop("vocab")]
