@@ -5,7 +5,8 @@
     python benchmarks/bench.py --baseline ../old    # + another checkout's step and loop, timed in turns
     python benchmarks/bench.py --device cuda        # the GPU table (no TensorFlow needed there)
 
-Method: every steady-state variant is timed in turns, `--repeats` rounds, and the median is reported, so that
+Method: every steady-state variant is timed in turns, `--repeats` rounds (each round starting one variant later),
+and the median is reported, so that
 background load hits all variants alike and their ratios hold. Before each timed run the bench sleeps 0.3 s (the
 previous variant's worker threads busy-wait a while after their work) and makes 30 ms of untimed calls (the
 first calls after a pause run slower). The numpy floor is one input row times each layer's weights: the bytes a
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -110,7 +112,7 @@ def median(values: list[float]) -> float:
 
 
 def round_robin(variants: dict, repeats: int, log) -> dict[str, list[float]]:
-    """name -> (fn, calls) with fn(n) -> µs per character: every timed run, in round order."""
+    """name -> (fn, calls) with fn(n) -> µs per character: every timed run, by round."""
     wall = {}
     for name, (fn, calls) in variants.items():
         log(f"warming up: {name}")
@@ -118,9 +120,11 @@ def round_robin(variants: dict, repeats: int, log) -> dict[str, list[float]]:
         fn(max(5, calls // 4))
         wall[name] = (time.perf_counter() - start) / max(5, calls // 4)
     runs = {name: [] for name in variants}
+    names = list(variants)
     for r in range(repeats):
         log(f"round {r + 1} of {repeats}")
-        for name, (fn, calls) in variants.items():
+        for name in names[r % len(names):] + names[:r % len(names)]:  # each round starts one later: no variant
+            fn, calls = variants[name]                                  # always follows the same neighbour
             time.sleep(GAP)
             fn(max(1, round(SETTLE / max(wall[name], 1e-9))))
             runs[name].append(fn(calls))
@@ -155,40 +159,45 @@ def bench_model(cache: Path, log) -> tuple[Path, Path]:
     return model_dir, npz
 
 
-def cpu_variants(model_dir: Path, npz: Path, threads: int, steps: int, baseline: Path | None, children: list):
+def cpu_variants(model_dir: Path, npz: Path, threads: int, steps: int, baseline: Path | None, children: list,
+                 only: str | None = None, processes: int = 1):
     from charlstm.runtime.manifest import load_manifest
     m = load_manifest(model_dir)
     shapes = [((m.embedding_dim if i == 0 else m.units) + m.units, 4 * m.units) for i in range(m.layers)]
     blas = {**os.environ, **dict.fromkeys(("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"),
                                           str(threads))}
 
-    def child(kind, env=None, cmd=None, **args):
-        children.append(Child(kind, args, env, cmd))
-        return children[-1]
+    variants = {}
+
+    def add(name: str, calls: int, kind: str, env=None, cmd=None, **args) -> None:
+        if only and not re.search(only, name) and kind != "floor":
+            return
+        # Each variant runs in `processes` processes, taken in turns by round: a process's memory placement
+        # moves its speed by several percent on a virtual machine, and that should not decide a ratio.
+        mine = [Child(kind, args, env, cmd) for _ in range(processes)]
+        children.extend(mine)
+        turn = iter(range(1 << 30))
+        variants[name.format(info=mine[0].info)] = (lambda n: mine[next(turn) % len(mine)](n), calls)
 
     label = " + ".join(f"1x{r} @ {r}x{c}" for r, c in shapes)
-    variants = {f"numpy floor: {label} float32": (child("floor", blas, shapes=shapes), steps)}
+    add(f"numpy floor: {label} float32", steps, "floor", blas, shapes=shapes)
     common = dict(model=str(model_dir), threads=threads, spin=True)
     roots = [("", ROOT)] + ([(f"baseline {baseline.name}: ", baseline.resolve())] if baseline else [])
     for prefix, root in roots:
-        variants[f"{prefix}ONNX float32 step, batch 1"] = (child("step", root=str(root), int8=False, batch=1,
-                                                                 **common), steps)
-        variants[f"{prefix}generate loop float32, batch 1"] = (child("loop", root=str(root), int8=False,
-                                                                     **common), steps)
-    has_int8 = (model_dir / "model.int8.onnx").is_file()
-    for int8 in (False, True) if has_int8 else (False,):
-        kind = "int8" if int8 else "float32"
-        if int8:
-            variants["ONNX int8 step, batch 1"] = (child("step", root=str(ROOT), int8=True, batch=1, **common), steps)
-            variants["generate loop int8, batch 1"] = (child("loop", root=str(ROOT), int8=True, **common), steps)
-        variants[f"ONNX {kind} step, batch {BATCH} (per character)"] = (
-            child("step", root=str(ROOT), int8=int8, batch=BATCH, **common), max(5, steps // 8))
-    variants["generate loop float32, batch 1, sleeping workers"] = (
-        child("loop", root=str(ROOT), int8=False, **{**common, "spin": False}), steps)
+        add(f"{prefix}ONNX float32 step, batch 1", steps, "step", root=str(root), int8=False, batch=1, **common)
+        add(f"{prefix}generate loop float32, batch 1", steps, "loop", root=str(root), int8=False, **common)
+    here = dict(root=str(ROOT), **common)
+    if (model_dir / "model.int8.onnx").is_file():
+        add("ONNX int8 step, batch 1", steps, "step", int8=True, batch=1, **here)
+        add("generate loop int8, batch 1", steps, "loop", int8=True, **here)
+    for int8 in (False, True) if (model_dir / "model.int8.onnx").is_file() else (False,):
+        add(f"ONNX {'int8' if int8 else 'float32'} step, batch {BATCH} (per character)", max(5, steps // 8),
+            "step", int8=int8, batch=BATCH, **here)
+    add("generate loop float32, batch 1, sleeping workers", steps, "loop", int8=False, **{**here, "spin": False})
     import importlib.util
     if importlib.util.find_spec("tensorflow") and npz.is_file():  # the notebook's weights come with the bench model
-        nb = child("notebook", cmd=[sys.executable, str(NOTEBOOK), str(npz), "--serve"])
-        variants[f"the notebook's loop ({nb.info['keras']} eager + tf.random.categorical)"] = (nb, max(10, steps // 2))
+        add("the notebook's loop ({info[keras]} eager + tf.random.categorical)", max(10, steps // 2), "notebook",
+            cmd=[sys.executable, str(NOTEBOOK), str(npz), "--serve"])
     return variants
 
 
@@ -274,6 +283,10 @@ def main() -> None:
     p.add_argument("--cold", action="store_true", help="also time whole processes from a cold start")
     p.add_argument("--cold-runs", type=int, default=3)
     p.add_argument("--baseline", type=Path, help="another checkout whose step and generate loop to time in turns")
+    p.add_argument("--only", help="time only the variants whose names match this regular expression (the floor "
+                                  "always runs, as the reference)")
+    p.add_argument("--processes", type=int, default=1, help="processes per variant, used in turns (more: less "
+                                                              "weight on one process's luck; use 3 with --baseline)")
     p.add_argument("--json", type=Path, help="also write the figures as JSON")
     args = p.parse_args()
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
@@ -286,7 +299,8 @@ def main() -> None:
     else:
         children = []
         try:
-            variants = cpu_variants(model_dir, npz, threads, args.steps, args.baseline, children)
+            variants = cpu_variants(model_dir, npz, threads, args.steps, args.baseline, children, args.only,
+                                    args.processes)
             runs = round_robin(variants, args.repeats, log)
         finally:
             for c in children:
