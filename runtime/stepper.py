@@ -82,15 +82,33 @@ class BoundStepper(Stepper):
         return value
 
     def reset(self, batch: int) -> None:
+        if self.use(batch):
+            zeros = np.zeros((self.m.layers, batch, self.m.units), np.float32)
+            for value in (v for pair in self.slot.states for v in pair):
+                value.update_inplace(zeros)
+
+    def use(self, batch: int) -> bool:
+        """Run at this batch size from now on, on its slot's buffers (made zeroed the first time; otherwise as
+        they are). Returns whether the slot existed already."""
         self.batch = batch
         slot = self.slots.get(batch)
-        if slot is None:
+        existed = slot is not None
+        if not existed:
             slot = self.slots[batch] = self._slot(batch, len(self.slots))
-        else:
-            zeros = np.zeros((self.m.layers, batch, self.m.units), np.float32)
-            for value in (v for pair in slot.states for v in pair):
-                value.update_inplace(zeros)
         self.slot, self.k = slot, 0  # k: which state set is read on the next step
+        return existed
+
+    def state(self) -> tuple[np.ndarray, np.ndarray]:
+        """Copies of the state the next step reads: h and c, [layers, batch, units]."""
+        h, c = self.slot.states[self.k]
+        return np.array(h.numpy(), copy=True), np.array(c.numpy(), copy=True)
+
+    def load_state(self, h: np.ndarray, c: np.ndarray) -> None:
+        """Make (h, c), [layers, batch, units], the state the next step reads, at that batch size (the serving
+        engine moves rows between batch sizes with this)."""
+        self.use(h.shape[1])
+        for value, array in zip(self.slot.states[0], (h, c)):
+            value.update_inplace(np.ascontiguousarray(array, dtype=np.float32))
 
     def _slot(self, batch: int, index: int) -> _Slot:
         zeros = np.zeros((self.m.layers, batch, self.m.units), np.float32)

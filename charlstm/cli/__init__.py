@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from charlstm.cli import evaluate, export, generate, train
+from charlstm.cli import evaluate, export, generate, serve, train
 
 app = typer.Typer(
     help="Character-level LSTM text generation: train with Keras 3, export to ONNX, generate with ONNX Runtime.",
@@ -22,6 +22,7 @@ app.command("train")(train.train)
 app.command("export")(export.export)
 app.command("generate")(generate.generate)
 app.command("evaluate")(evaluate.evaluate)
+app.command("serve")(serve.serve)
 
 
 def main() -> None:
