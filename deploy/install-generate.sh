@@ -25,10 +25,10 @@ fi
 python=$1
 source=${2:-.}
 
-# The project without extras: numpy, typer, rich and onnxruntime-gpu; never TensorFlow.
-# --no-cache-dir: no pip cache in the image layer.
+# The project with the serve extra only: numpy, typer, rich, onnxruntime-gpu, starlette, uvicorn,
+# prometheus-client; never TensorFlow. --no-cache-dir: no pip cache in the image layer.
 "$python" -m pip install --no-cache-dir --disable-pip-version-check \
-    "$source" "onnxruntime-gpu${cuda_extra}${ORT_VERSION}"
+    "${source}[serve]" "onnxruntime-gpu${cuda_extra}${ORT_VERSION}"
 
 # Fail the build, not the first user, if a dependency ever drags in TensorFlow or Keras.
 "$python" - <<'PY'

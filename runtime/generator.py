@@ -23,9 +23,9 @@ import numpy as np
 
 from charlstm.runtime.contract import check_burst, check_contract
 from charlstm.runtime.errors import InputError
-from charlstm.runtime.manifest import Manifest, default_model_dir, load_manifest
+from charlstm.runtime.manifest import INT8_FILE, Manifest, default_model_dir, load_manifest
 from charlstm.runtime.sampling import Sampler, SamplingParams, row_generators
-from charlstm.runtime.session import SessionConfig, load_session, open_session
+from charlstm.runtime.session import SessionConfig, load_session, open_session, resolve_device
 from charlstm.runtime.stepper import make_stepper
 
 MAX_LENGTH = 10_000_000  # a typo guard: ten million characters is hours of CPU time
@@ -96,19 +96,22 @@ class Generator:
             raise TypeError("pass either a SessionConfig or its keyword shortcuts, not both")
         config = config or SessionConfig(**session_options)
         self.manifest: Manifest = load_manifest(default_model_dir() if model_dir is None else model_dir)
+        self.device, self.device_note = resolve_device(config)
+        if config.int8 is None:  # the CPU default: the 8-bit graph when the folder has one
+            config = dataclasses.replace(config, int8=self.device == "cpu" and (self.manifest.dir / INT8_FILE).exists())
         self.path: Path = self.manifest.onnx_path(config.int8)
         self.sha256: str = self.manifest.verify(self.path)
         config, why = config.resolved()  # decided once, before any session starts its workers
         self.config, self.spinning_note = config, f"{'spinning' if config.spinning else 'sleeping'} CPU workers ({why})"
         want_burst = config.burst is not False and not config.int8 and self.manifest.burst is not None
+        burst = want_burst and (config.burst or self.device == "cuda")
         # Each session has its own workers. Beside a CPU burst session the step session only primes the prompt,
         # and its workers spinning on after that would take a core from the burst: they sleep.
-        step_config = dataclasses.replace(config, spinning=False) if config.burst and config.device != "cuda" \
-            and want_burst else config
-        self.session, self.device, self.device_note = open_session(self.path, step_config)
+        step_config = dataclasses.replace(config, spinning=False) if burst and self.device == "cpu" else config
+        self.session = open_session(self.path, step_config, self.device)
         check_contract(self.session, self.manifest, self.path)
         burst_session = None
-        if want_burst and (config.burst or self.device == "cuda"):
+        if burst:
             path = self.manifest.burst_path()
             self.manifest.verify(path)
             burst_session = load_session(path, config, self.device)

@@ -1,14 +1,16 @@
 """ONNX Runtime sessions for a model folder's graphs: the options, and the device policy (CUDA, else the CPU).
 
 `SessionConfig` is the one place a caller says how to run: which device, float32 or int8, threads, worker
-spinning (runtime/spinning.py decides when not told), CUDA graphs, the burst graph. `open_session` loads a graph
-on the configured device and says what it fell back to and why.
+spinning (runtime/spinning.py decides when not told), CUDA graphs, the burst graph. `resolve_device` decides the
+device (a one-node probe tells whether CUDA starts) and says what it fell back to and why; `open_session` loads
+a graph there.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +33,8 @@ class SessionConfig:
     """How the ONNX sessions are built."""
 
     device: str = "auto"  # auto takes CUDA when it starts, else the CPU
-    int8: bool = False  # model.int8.onnx: 8-bit MatMulNBits weights, a CPU-only speed-up
+    int8: bool | None = None  # model.int8.onnx, 8-bit MatMulNBits weights, a CPU-only speed-up; None: on the CPU
+    # when the folder has it (2-3x faster a character at batch 1, validation loss within 0.001: docs/performance.md)
     threads: int = 0  # intra-op threads; 0 = one per usable core (a step's products split across cores)
     spinning: bool | None = None  # CPU workers busy-wait between steps; None = decided as the model loads
     cuda_graph: bool = True  # CUDA only: replay each run as a captured CUDA graph (runtime/stepper.py)
@@ -43,8 +46,9 @@ class SessionConfig:
         if self.device not in DEVICES:
             raise InputError(f"device {self.device!r} is not one of {', '.join(DEVICES)}: use auto (CUDA if it "
                              "works, else the CPU), cuda or cpu", "device")
-        if not isinstance(self.int8, bool):
-            raise InputError(f"int8 {self.int8!r} is not True or False", "int8")
+        if self.int8 is not None and not isinstance(self.int8, bool):
+            raise InputError(f"int8 {self.int8!r} is not True, False or None (None: on the CPU when the model "
+                             "folder has model.int8.onnx)", "int8")
         if self.int8 and self.device == "cuda":
             raise InputError("int8 runs on the CPU only (8-bit MatMulNBits): use `device=cpu` or `device=auto`, "
                              "or float32", "int8")
@@ -86,30 +90,48 @@ def _preload_cuda() -> str:
     return said.getvalue().strip()
 
 
-def open_session(path: Path, config: SessionConfig) -> tuple[ort.InferenceSession, str, str]:
-    """Load the ONNX file on the configured device; returns (session, "cuda" | "cpu", note for --verbose).
+# A one-node ONNX model (Identity on float32 [1]): starting CUDA on it tells whether CUDA works before a real graph
+# is loaded, so the right file (float32 for CUDA, int8 for the CPU) is loaded once.
+PROBE = (b'\x08\x08:;\n\x10\n\x01x\x12\x01y"\x08Identity\x12\x05probeZ\x0f\n\x01x\x12\n\n\x08\x08\x01\x12\x04\n\x02\x08'
+         b'\x01b\x0f\n\x01y\x12\n\n\x08\x08\x01\x12\x04\n\x02\x08\x01B\x04\n\x00\x10\r')
 
-    auto falls back to the CPU, saying why; cuda fails with one line rather than silently running on the CPU."""
-    note = ""
-    want_cuda = config.device == "cuda" or (config.device == "auto" and not config.int8)
-    if want_cuda and CUDA not in ort.get_available_providers():
-        if config.device == "cuda":
-            raise DeviceError(f"device cuda: this onnxruntime ({ort.__version__}) has no CUDA support: "
-                              "pip install onnxruntime-gpu, or use `device=cpu`", "device")
-        want_cuda, note = False, "this onnxruntime has no CUDA support"
-    if want_cuda:
-        said = _preload_cuda()
-        note = said.splitlines()[0] if said else ""
-        ort.set_default_logger_severity(config.log_severity)  # a failed CUDA start logs on the default logger
-    session = load_session(path, config, "cuda" if want_cuda else "cpu")
-    if want_cuda and session.get_providers()[0] != CUDA:
-        if config.device == "cuda":
-            detail = f" ({note})" if note else ""
-            raise DeviceError(f"device cuda: ONNX Runtime could not start {CUDA} and fell back to the "
-                              f"CPU{detail}: {CUDA_FIX}", "device")
-        note = f"CUDA did not start ({note or 'no GPU or CUDA libraries'}); using the CPU"
-    device = "cuda" if session.get_providers()[0] == CUDA else "cpu"
-    return session, device, note
+
+@functools.lru_cache(maxsize=None)
+def cuda_starts(log_severity: int = 4) -> tuple[bool, str]:
+    """(whether ONNX Runtime's CUDA provider starts in this process, why not). Asked once per process."""
+    if CUDA not in ort.get_available_providers():
+        return False, f"this onnxruntime ({ort.__version__}) has no CUDA support"
+    said = _preload_cuda()
+    ort.set_default_logger_severity(log_severity)  # a failed CUDA start logs on the default logger
+    so = ort.SessionOptions()
+    so.log_severity_level = log_severity
+    try:
+        started = ort.InferenceSession(PROBE, so, providers=[CUDA, CPU]).get_providers()[0] == CUDA
+    except Exception as e:  # noqa: BLE001 - any failure to start CUDA means the CPU
+        return False, str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+    return started, "" if started else (said.splitlines()[0] if said else "no GPU or CUDA libraries")
+
+
+def resolve_device(config: SessionConfig) -> tuple[str, str]:
+    """("cuda" | "cpu", note for --verbose). auto falls back to the CPU, saying why; cuda fails in one line
+    rather than silently running on the CPU."""
+    if config.device == "cpu" or (config.device == "auto" and config.int8):
+        return "cpu", ""
+    started, why = cuda_starts(config.log_severity)
+    if started:
+        return "cuda", ""
+    if config.device == "cuda":
+        raise DeviceError(f"device cuda: ONNX Runtime could not start {CUDA} ({why}): {CUDA_FIX}", "device")
+    return "cpu", f"CUDA did not start ({why}); using the CPU"
+
+
+def open_session(path: Path, config: SessionConfig, device: str) -> ort.InferenceSession:
+    """Load the ONNX file on `device` (resolve_device's answer); a CUDA session that ends on the CPU anyway is
+    an error, not a slow surprise."""
+    session = load_session(path, config, device)
+    if device == "cuda" and session.get_providers()[0] != CUDA:
+        raise DeviceError(f"device cuda: ONNX Runtime started CUDA but not for {path.name}: {CUDA_FIX}", "device")
+    return session
 
 
 def load_session(path: Path, config: SessionConfig, device: str) -> ort.InferenceSession:

@@ -8,6 +8,7 @@ import fnmatch
 import os
 import re
 import shutil
+import signal
 import subprocess
 import venv
 from pathlib import Path
@@ -62,16 +63,20 @@ def test_each_image_installs_through_its_script_as_a_non_root_user(name, script)
     assert user and user[-1].split(":")[0] not in ("0", "root"), user
 
 
-def test_generate_image_runs_generate_with_the_default_model():
+def test_generate_image_runs_generate_or_serve_with_the_default_model():
     steps = instructions(DEPLOY / "generate.Dockerfile")
-    assert ("ENTRYPOINT", '["charlstm", "generate"]') in steps
+    assert ("ENTRYPOINT", '["sh", "/usr/local/bin/charlstm-entrypoint"]') in steps
+    assert ("COPY", "deploy/entrypoint.sh /usr/local/bin/charlstm-entrypoint") in steps
+    assert any(op == "HEALTHCHECK" and "charlstm-healthcheck.py" in args for op, args in steps)
+    env = " ".join(args for op, args in steps if op == "ENV")
+    assert "CHARLSTM_HOST=0.0.0.0" in env and "CHARLSTM_PORT=8000" in env
     # the model is copied into the source tree before the install, so it ships inside the package
     copies = [args for op, args in steps if op == "COPY"]
     model = copies.index("models/shakespeare/ models/shakespeare/")
     assert model < next(i for i, a in enumerate(copies) if a.startswith("deploy/install-generate.sh"))
     script = (DEPLOY / "install-generate.sh").read_text()
     install = script[script.index("pip install"):].split("\n\n")[0]  # the one pip command, continuation lines too
-    assert "--no-cache-dir" in install and '"$source"' in install and "onnxruntime-gpu${cuda_extra}" in install
+    assert "--no-cache-dir" in install and '"${source}[serve]"' in install and "onnxruntime-gpu${cuda_extra}" in install
     assert 'cuda_extra="[cuda,cudnn]"' in script
     assert not re.search(r"tensorflow|\[train|\[export", install, re.IGNORECASE)
 
@@ -143,6 +148,28 @@ def test_generate_recipe_installs_and_generates_without_tensorflow(tmp_path):
     assert library.returncode == 0, library.stderr
     length, where = library.stdout.split()
     assert length == "9" and Path(where).is_relative_to(env_dir) and where.endswith("charlstm/models/shakespeare")
+
+    # The image's entrypoint, as the image runs it: generate by default, serve on request, with the HEALTHCHECK.
+    image_env = {**env, "PATH": f"{env_dir / 'bin'}:{env.get('PATH', '')}", "CHARLSTM_PORT": "0"}
+    entry = subprocess.run(["sh", str(DEPLOY / "entrypoint.sh"), "--length", "50", "--seed", "1", "--model",
+                            str(model)], capture_output=True, text=True, env=image_env, cwd=tmp_path,
+                           timeout=SLOW_MACHINE_TIMEOUT)
+    assert entry.returncode == 0 and entry.stdout == done.stdout, entry.stderr
+    serving = subprocess.Popen(["sh", str(DEPLOY / "entrypoint.sh"), "serve", "--model", str(model)],
+                               stderr=subprocess.PIPE, text=True, env={**image_env, "CHARLSTM_HOST": "127.0.0.1"},
+                               cwd=tmp_path)
+    try:
+        port = next(int(m.group(1)) for line in serving.stderr
+                    if (m := re.search(r"listening on http://127\.0\.0\.1:(\d+)/", line)))
+        check = subprocess.run([str(python), str(DEPLOY / "healthcheck.py")], capture_output=True, text=True,
+                               env={**env, "CHARLSTM_PORT": str(port)}, timeout=SLOW_MACHINE_TIMEOUT)
+        assert check.returncode == 0, check.stderr
+    finally:
+        serving.send_signal(signal.SIGTERM)
+        assert serving.wait(timeout=SLOW_MACHINE_TIMEOUT) == 0
+    down = subprocess.run([str(python), str(DEPLOY / "healthcheck.py")], capture_output=True, text=True,
+                          env={**env, "CHARLSTM_PORT": str(port)}, timeout=SLOW_MACHINE_TIMEOUT)
+    assert down.returncode == 1 and "unhealthy" in down.stderr
 
     for module in ("tensorflow", "keras"):
         probe = subprocess.run([str(python), "-c", f"import {module}"], capture_output=True, text=True, env=env,

@@ -59,7 +59,8 @@ def test_json_gives_one_object_per_sample(model_dir):
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert [r["sample"] for r in rows] == [1, 2, 3]
     assert all(len(r["text"]) == 20 and r["prompt"] == "KING" and r["device"] == "cpu" for r in rows)
-    assert rows[0]["model_sha256"] == file_entry(model_dir / "model.onnx")["sha256"]
+    assert rows[0]["model_file"] == "model.int8.onnx"  # the CPU default where the folder has it
+    assert rows[0]["model_sha256"] == file_entry(model_dir / "model.int8.onnx")["sha256"]
     assert rows[0]["chars_per_second"] > 0
 
 
@@ -84,9 +85,12 @@ def test_prompt_file_stop_and_unknown_skip(model_dir, tmp_path):
     assert len(stopped.stdout) < len(from_file.stdout) and from_file.stdout.startswith(stopped.stdout[:-1])
 
 
-def test_int8(model_dir):
+def test_int8_and_fp32(model_dir):
     result = ok("--model", model_dir, "--int8", "--length", 25, "--seed", 1, "--verbose")
     assert len(result.stdout) == 26 and "model.int8.onnx" in result.stderr
+    assert result.stdout == ok("--model", model_dir, "--length", 25, "--seed", 1).stdout  # the CPU default
+    fp32 = ok("--model", model_dir, "--fp32", "--length", 25, "--seed", 1, "--verbose")
+    assert len(fp32.stdout) == 26 and "file model.onnx" in fp32.stderr
 
 
 def _variant(src: Path, dst: Path, edit) -> Path:
@@ -149,7 +153,7 @@ def assert_one_line_error(result, *quoted):
 def test_broken_model_folders_are_one_line_errors(case, model_dir, tmp_path):
     edit, quoted = BROKEN_FOLDERS[case]
     folder = _variant(model_dir, tmp_path / case, edit)
-    extra = ["--int8"] if case == "no-int8" else []
+    extra = ["--int8"] if case == "no-int8" else ["--fp32"]  # the CPU default reads model.int8.onnx
     assert_one_line_error(run("--model", folder, "--length", 5, *extra), quoted)
 
 

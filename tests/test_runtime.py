@@ -24,7 +24,7 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def gen(model_dir):
-    return Generator(model_dir, device="cpu")
+    return Generator(model_dir, device="cpu", int8=False)
 
 
 def test_manifest_is_read_and_checked(model_dir):
@@ -170,6 +170,18 @@ def test_evaluate_text_matches_a_numpy_cross_entropy(model_dir, gen):
         evaluate_text(model_dir, "A", device="cpu")
 
 
+def test_int8_is_the_cpu_default_when_the_folder_has_it(model_dir, tmp_path):
+    import shutil
+    assert Generator(model_dir, device="cpu").path.name == "model.int8.onnx"
+    assert Generator(model_dir, device="cpu", int8=False).path.name == "model.onnx"
+    plain = tmp_path / "no-int8"
+    shutil.copytree(model_dir, plain)
+    (plain / "model.int8.onnx").unlink()
+    assert Generator(plain, device="cpu").path.name == "model.onnx"  # nothing to choose
+    with pytest.raises(ModelError, match="exported without an int8 file"):
+        Generator(plain, device="cpu", int8=True)
+
+
 def test_int8_runs_on_the_cpu(model_dir, gen):
     int8 = Generator(model_dir, device="auto", int8=True)
     assert int8.device == "cpu" and int8.path.name == "model.int8.onnx"
@@ -183,7 +195,7 @@ def test_int8_runs_on_the_cpu(model_dir, gen):
 def test_default_model_comes_from_the_environment(model_dir, monkeypatch, tmp_path):
     monkeypatch.setenv("CHARLSTM_MODEL", str(model_dir))
     assert default_model_dir() == model_dir
-    assert Generator(device="cpu").sha256 == load_manifest(model_dir).files["model.onnx"]["sha256"]
+    assert Generator(device="cpu", int8=False).sha256 == load_manifest(model_dir).files["model.onnx"]["sha256"]
     monkeypatch.delenv("CHARLSTM_MODEL")
     monkeypatch.chdir(tmp_path)  # the packaged default does not depend on the current folder
     assert (default_model_dir() / "model.json").is_file() and default_model_dir().name == "shakespeare"
@@ -235,7 +247,7 @@ def test_the_spinning_signal_sees_a_busy_process_but_not_an_exited_one(tmp_path)
 
 def test_spinning_or_not_the_text_is_the_same(model_dir, gen):
     from charlstm.runtime.session import SessionConfig
-    texts = {Generator(model_dir, device="cpu", threads=2, spinning=s).generate("AB", length=40, seed=7)
+    texts = {Generator(model_dir, device="cpu", int8=False, threads=2, spinning=s).generate("AB", length=40, seed=7)
              for s in (True, False)}
     assert texts == {gen.generate("AB", length=40, seed=7)}
     assert "spinning CPU workers (as asked)" == Generator(model_dir, device="cpu", spinning=True).spinning_note

@@ -114,8 +114,11 @@ def generate(
         help="End a sample once it has generated this string (kept in the text); \\n and \\t are understood.")]
     = None,
     device: Annotated[Device, typer.Option(help="auto = CUDA if it starts, else the CPU.")] = Device.auto,
-    int8: Annotated[bool, typer.Option("--int8", help="Use model.int8.onnx (CPU only): faster, slightly less "
-                                                      "exact.")] = False,
+    int8: Annotated[Optional[bool], typer.Option(
+        "--int8/--fp32", show_default=False,
+        help="model.int8.onnx (8-bit weights) or model.onnx (float32). Default: int8 on the CPU when the model "
+             "has it (2-3x faster, validation loss within 0.001), float32 on CUDA. A seed's text depends on the "
+             "choice.")] = None,
     spin: Annotated[Optional[bool], typer.Option(
         "--spin/--no-spin", help="CPU: keep ONNX Runtime's workers busy-waiting between steps (faster on an idle "
                                  "machine, slower beside other busy work). Default: spin when nothing else is "

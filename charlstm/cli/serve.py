@@ -29,7 +29,10 @@ def serve(
                                                                    "machines too.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(envvar="CHARLSTM_PORT", min=0, max=65535, help="Port to listen on.")] = 8000,
     device: Annotated[Device, typer.Option(help="auto = CUDA if it starts, else the CPU.")] = Device.auto,
-    int8: Annotated[bool, typer.Option("--int8", help="Use model.int8.onnx (CPU only).")] = False,
+    int8: Annotated[bool, typer.Option("--int8/--fp32", help="model.int8.onnx (CPU only) or model.onnx. float32 is "
+                                                              "the default: at 32 and more streams it is the faster "
+                                                              "one on a CPU; int8 is faster under about 16 streams "
+                                                              "(docs/serving.md).")] = False,
     max_streams: Annotated[int, typer.Option(min=1, max=1024, help="Streams generated together in one batch; "
                                                                   "more wait in a queue.")] = 64,
     max_queued: Annotated[Optional[int], typer.Option(min=0, help="Streams that may wait for a row before "
@@ -44,7 +47,8 @@ def serve(
     = None,
     grace: Annotated[float, typer.Option(min=0, help="On SIGTERM or Ctrl-C: seconds in-flight streams may take "
                                                      "to finish before they are cut.")] = 30.0,
-    threads: Annotated[int, typer.Option(min=0, help="ONNX Runtime intra-op threads; 0 = one per core.")] = 0,
+    threads: Annotated[int, typer.Option(min=0, help="ONNX Runtime intra-op threads. Default (0): one per usable "
+                                                     "core but one, which is left to the HTTP side.")] = 0,
     spin: Annotated[Optional[bool], typer.Option("--spin/--no-spin", show_default=False,
                                                  help="CPU workers busy-wait between steps. Default: no: the "
                                                       "server's own threads need the cores between steps.")]
@@ -62,7 +66,9 @@ def serve(
         from charlstm.serve.app import Served, Server, create_app
         from charlstm.serve.protocol import Limits
 
-        config = SessionConfig(device=device.value, int8=int8, threads=threads,
+        from charlstm.runtime.spinning import usable_cores
+        # The HTTP side needs a core of its own while ONNX Runtime steps (measured in docs/serving.md).
+        config = SessionConfig(device=device.value, int8=int8, threads=threads or max(1, usable_cores() - 1),
                                spinning=False if spin is None else spin)
         served = {}
         for folder in model or [None]:

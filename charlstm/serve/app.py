@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,8 @@ from charlstm.serve import protocol
 from charlstm.serve.protocol import APIError, Limits
 
 PLAYGROUND = Path(__file__).parent / "static" / "index.html"
+STREAM_INTERVAL = 0.01  # seconds between a stream's events at most: the first comes at once, then text gathers for
+# up to this long, so a fast stream costs the server one event per interval rather than one per character
 
 
 @dataclass
@@ -70,21 +73,34 @@ class Server:
     """The application's state: the served models, the limits, the key, and the bridge from the worker threads
     to the event loop."""
 
-    def __init__(self, served: dict[str, Served], limits: Limits = Limits(), api_key: str | None = None):
+    def __init__(self, served: dict[str, Served], limits: Limits = Limits(), api_key: str | None = None,
+                 stream_interval: float = STREAM_INTERVAL):
         self.served, self.limits, self.api_key = served, limits, api_key
+        self.stream_interval = stream_interval
         self.metrics = Metrics(served)
         self.created = int(time.time())
         self.loop: asyncio.AbstractEventLoop | None = None
         self.waiters: dict[int, asyncio.Event] = {}
+        self._woken: set[int] = set()  # stream ids with news, not yet handed to the loop
+        self._lock = threading.Lock()
         for s in served.values():
             s.engine.on_output = self._from_worker
 
     # -- the bridge: one call per engine step -----------------------------------------------------------------
     def _from_worker(self, streams: list[Stream]) -> None:
-        if self.loop is not None:
-            self.loop.call_soon_threadsafe(self._wake, [s.id for s in streams])
+        """Called by an engine's worker after each step: at most one wake-up of the loop is pending at a time,
+        so a busy loop is not flooded with a call per step."""
+        if self.loop is None:
+            return
+        with self._lock:
+            schedule = not self._woken
+            self._woken.update(s.id for s in streams)
+        if schedule:
+            self.loop.call_soon_threadsafe(self._wake)
 
-    def _wake(self, ids: list[int]) -> None:
+    def _wake(self) -> None:
+        with self._lock:
+            ids, self._woken = self._woken, set()
         for i in ids:
             event = self.waiters.get(i)
             if event is not None:
@@ -220,6 +236,7 @@ async def events(server: Server, served: Served, req: protocol.CompletionRequest
         while not all(finished):
             await news.wait()
             news.clear()  # before taking: news that comes while we send sets it again
+            sent = False
             for i, s in enumerate(streams):
                 if finished[i]:
                     continue
@@ -230,10 +247,13 @@ async def events(server: Server, served: Served, req: protocol.CompletionRequest
                     break
                 if text or reason:
                     yield protocol.chunk(req, served.name, [protocol.choice(i, text, reason)])
+                    sent = True
                 if reason:
                     finished[i] = True
                     if s.first_at:
                         server.metrics.first.labels(served.name).observe(s.first_at - s.submitted)
+            if sent and not all(finished):
+                await asyncio.sleep(server.stream_interval)  # let text gather: one event per interval, not per step
         if req.include_usage:
             yield protocol.chunk(req, served.name, [], protocol.usage(prompt_chars, sum(s.made for s in streams)))
         yield protocol.DONE
