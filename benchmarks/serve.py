@@ -1,7 +1,7 @@
 """How `charlstm serve` scales with concurrent streaming clients, against one stream and against its own engine.
 
-    python benchmarks/serve.py                           # models/shakespeare, 1, 8, 32 and 64 clients
-    python benchmarks/serve.py --int8 --streams 1 32     # the int8 graph
+    python benchmarks/serve.py                                  # models/shakespeare, 1, 8, 32 and 64 clients
+    python benchmarks/serve.py --configs fp32/0 int8/0 fp32/2   # settings compared in the same rounds
 
 For each N: N clients on loopback each stream one completion (different prompts and seeds) at once; the table
 gives the aggregate characters per second, the time to the first character and the gaps between chunks (p50,
@@ -121,54 +121,69 @@ def main() -> None:
     p.add_argument("--model", type=Path, default=ROOT / "models" / "shakespeare")
     p.add_argument("--streams", type=int, nargs="+", default=[1, 8, 32, 64])
     p.add_argument("--length", type=int, default=300, help="characters per stream")
-    p.add_argument("--int8", action="store_true")
-    p.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0: serve's default, cores - 1)")
+    p.add_argument("--configs", nargs="+", default=["fp32/0"], metavar="PRECISION/THREADS",
+                   help="server settings to compare in the same rounds, e.g. fp32/0 int8/0 fp32/2 (threads 0: "
+                        "serve's default, one per core but one)")
     p.add_argument("--repeats", type=int, default=3, help="rounds; each figure is the median")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     from charlstm.runtime.machine import load_average, machine, versions
-    info = {**machine(), **versions("numpy", "onnxruntime"), "model": str(args.model), "int8": args.int8,
-            "length": args.length, "load_average_before": load_average()}
     from charlstm.runtime.spinning import usable_cores
-    threads = args.threads or max(1, usable_cores() - 1)  # charlstm serve's default
-    info["threads"] = threads
-    proc, port = start_server(args.model, args.int8, threads, max(args.streams))
-    engine = make_engine(args.model, args.int8, threads, max(args.streams))
-    rows = []
+    info = {**machine(), **versions("numpy", "onnxruntime"), "model": str(args.model), "length": args.length,
+            "load_average_before": load_average()}
+    configs = []
+    for c in args.configs:
+        precision, _, threads = c.partition("/")
+        if precision not in ("fp32", "int8") or not threads.isdigit():
+            raise SystemExit(f"error: --configs {c!r}: use PRECISION/THREADS, e.g. fp32/0 or int8/1")
+        configs.append((precision, int(threads) or max(1, usable_cores() - 1)))  # 0: charlstm serve's default
+
+    def bodies(n):
+        return [{"prompt": PROMPTS[i % len(PROMPTS)], "max_tokens": args.length, "seed": i,
+                 "temperature": 0.5 + 0.01 * i} for i in range(n)]
+
+    live = []  # per config: (server process, port, engine); idle ones sleep (no spinning workers)
     try:
-        def bodies(n):
-            return [{"prompt": PROMPTS[i % len(PROMPTS)], "max_tokens": args.length, "seed": i,
-                     "temperature": 0.5 + 0.01 * i} for i in range(n)]
-        for n in sorted(set(args.streams) | {1}):  # warm every bucket up, in the server and in the engine
-            asyncio.run(clients(port, bodies(n), True))
-            engine_rate(engine, n, args.length)
-        runs = {n: [] for n in args.streams}
+        for precision, threads in configs:
+            proc, port = start_server(args.model, precision == "int8", threads, max(args.streams))
+            live.append((proc, port, make_engine(args.model, precision == "int8", threads, max(args.streams))))
+            for n in sorted(set(args.streams) | {1}):  # warm every bucket up, in the server and in the engine
+                asyncio.run(clients(port, bodies(n), True))
+                engine_rate(live[-1][2], n, args.length)
+        runs = {(c, n): [] for c in range(len(configs)) for n in args.streams}
         for r in range(args.repeats):  # in turns, so that the machine's drift hits every figure alike
-            for n in args.streams:
-                log(f"round {r + 1}: {n} streams: together, one at a time, the engine alone")
-                together = summarize(asyncio.run(clients(port, bodies(n), True)))
-                together["one_at_a_time_chars_per_s"] = sequential_rate(asyncio.run(clients(port, bodies(n), False)))
-                together["engine_chars_per_s"] = engine_rate(engine, n, args.length)
-                runs[n].append(together)
-        rows = [{"streams": n, **{k: float(np.median([run[k] for run in runs[n]])) for k in runs[n][0]}}
-                for n in args.streams]
+            for c, (_, port, engine) in enumerate(live):
+                for n in args.streams:
+                    log(f"round {r + 1}, {args.configs[c]}: {n} streams together, one at a time, the engine alone")
+                    together = summarize(asyncio.run(clients(port, bodies(n), True)))
+                    together["one_at_a_time_chars_per_s"] = sequential_rate(
+                        asyncio.run(clients(port, bodies(n), False)))
+                    together["engine_chars_per_s"] = engine_rate(engine, n, args.length)
+                    runs[c, n].append(together)
     finally:
-        os.kill(proc.pid, signal.SIGTERM)
-        proc.wait(60)
-        engine.close()
-    one = next((r for r in rows if r["streams"] == 1), rows[0])
+        for proc, _, engine in live:
+            os.kill(proc.pid, signal.SIGTERM)
+            proc.wait(60)
+            engine.close()
     print("  ".join(f"{k}={v}" for k, v in info.items() if k != "platform"))
-    print(f"{'streams':>7} {'chars/s':>9} {'x 1 stream':>10} {'x one at a time':>15} {'engine chars/s':>14} "
-          f"{'server/engine':>13} {'first p50/p99 ms':>17} {'chunk gap p50/p99 ms':>21} {'chars/chunk':>11}")
-    for r in rows:
-        print(f"{r['streams']:>7} {r['chars_per_s']:>9,.0f} {r['chars_per_s'] / one['chars_per_s']:>10.2f} "
-              f"{r['chars_per_s'] / r['one_at_a_time_chars_per_s']:>15.2f} {r['engine_chars_per_s']:>14,.0f} "
-              f"{r['chars_per_s'] / r['engine_chars_per_s']:>13.2f} "
-              f"{r['first_p50_ms']:>8.1f}/{r['first_p99_ms']:<8.1f} {r['gap_p50_ms']:>10.2f}/{r['gap_p99_ms']:<10.2f} "
-              f"{r['chars_per_chunk']:>11.1f}")
+    tables = []
+    for c, (precision, threads) in enumerate(configs):
+        rows = [{"streams": n, **{k: float(np.median([run[k] for run in runs[c, n]])) for k in runs[c, n][0]}}
+                for n in args.streams]
+        tables.append({"precision": precision, "threads": threads, "rows": rows})
+        one = next((r for r in rows if r["streams"] == 1), rows[0])
+        print(f"\n{precision}, {threads} ONNX Runtime thread(s):")
+        print(f"{'streams':>7} {'chars/s':>9} {'x 1 stream':>10} {'x one at a time':>15} {'engine chars/s':>14} "
+              f"{'server/engine':>13} {'first p50/p99 ms':>17} {'chunk gap p50/p99 ms':>21} {'chars/chunk':>11}")
+        for r in rows:
+            print(f"{r['streams']:>7} {r['chars_per_s']:>9,.0f} {r['chars_per_s'] / one['chars_per_s']:>10.2f} "
+                  f"{r['chars_per_s'] / r['one_at_a_time_chars_per_s']:>15.2f} {r['engine_chars_per_s']:>14,.0f} "
+                  f"{r['chars_per_s'] / r['engine_chars_per_s']:>13.2f} "
+                  f"{r['first_p50_ms']:>8.1f}/{r['first_p99_ms']:<8.1f} "
+                  f"{r['gap_p50_ms']:>10.2f}/{r['gap_p99_ms']:<10.2f} {r['chars_per_chunk']:>11.1f}")
     if args.json:
-        args.json.write_text(json.dumps({"machine": info, "rows": rows}, indent=2) + "\n")
+        args.json.write_text(json.dumps({"machine": info, "configs": tables}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

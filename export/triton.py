@@ -21,17 +21,17 @@ The state starts from zero twice over: `initial_state { zero_data: true }` in th
 checked against the step with ONNX Runtime before anything is written (`check_wrapper`).
 
 The repository can also be made from an existing model folder, without TensorFlow:
-    python -m export.triton models/shakespeare triton_models
+    python -m charlstm.export.triton models/shakespeare triton_models [--kind auto|gpu|cpu]
+
+The folder is loaded through the runtime's own checks first (charlstm.runtime.manifest), so a damaged or hostile
+one is refused in one line: files must be regular files of the recorded size and sha256, names plain.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +39,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from charlstm.errors import UserError
+from charlstm.runtime.files import check_writable, new_tmp_dir, publish_dir, remove_stale_temps, write_failure
+from charlstm.runtime.manifest import Manifest, load_manifest
 
 TOKEN, START, READY, LOGITS = "TOKEN", "START", "READY", "LOGITS"
 STATES = (("H", "H_OUT"), ("C", "C_OUT"))  # Triton's implicit state: (input name, output name), batch first
@@ -151,7 +153,7 @@ def _pbtxt_string(text: str) -> str:
 
 
 def config_pbtxt(name: str, layers: int, units: int, vocab_size: int, parameters: dict[str, str],
-                 max_batch_size: int = MAX_BATCH_SIZE) -> str:
+                 max_batch_size: int = MAX_BATCH_SIZE, kind: str = "KIND_AUTO") -> str:
     """config.pbtxt for the wrapped step; dims leave out the batch, which Triton prepends."""
     preferred = ", ".join(str(b) for b in (8, 16, 32, 64, 128) if b <= max_batch_size) or str(max_batch_size)
     controls = "".join(f"""
@@ -192,65 +194,77 @@ sequence_batching {{
   state [{states}
   ]
 }}
-instance_group [ {{ kind: KIND_GPU count: 1 }} ]{params}
+instance_group [ {{ kind: {kind} count: 1 }} ]{params}
 """
 
 
-def write_repository(model_dir, repo_dir, *, force: bool = False, max_batch_size: int = MAX_BATCH_SIZE) -> Path:
+KINDS = {"auto": "KIND_AUTO", "gpu": "KIND_GPU", "cpu": "KIND_CPU"}  # Triton's instance group kinds
+
+
+def load_step(model_dir) -> tuple[Manifest, bytes, str]:
+    """The model folder through the runtime's own checks (a manifest of the right types and bounds, regular files
+    of the recorded size and sha256), and its step graph probed on ONNX Runtime's CPU provider, so a damaged or
+    hostile folder fails in one line before anything is written."""
+    from charlstm.runtime.contract import check_contract
+    from charlstm.runtime.session import SessionConfig, load_session
+
+    manifest = load_manifest(model_dir)
+    path = manifest.onnx_path(int8=False)
+    digest = manifest.verify(path)  # size first, then sha256: never reads more than the manifest promised
+    data = path.read_bytes()
+    session = load_session(path, SessionConfig(device="cpu", int8=False, threads=1, spinning=False), "cpu")
+    check_contract(session, manifest, path)
+    return manifest, data, digest
+
+
+def write_repository(model_dir, repo_dir, *, force: bool = False, max_batch_size: int = MAX_BATCH_SIZE,
+                     kind: str = "auto") -> Path:
     """Write REPO/<name>/config.pbtxt and REPO/<name>/1/model.onnx from a model folder; returns REPO/<name>.
 
     Other models in REPO are left alone; REPO/<name> is replaced only with force, and atomically.
     """
     model_dir, repo_dir = Path(model_dir), Path(repo_dir)
-    try:
-        manifest = json.loads((model_dir / "model.json").read_text(encoding="utf-8"))
-        data = (model_dir / "model.onnx").read_bytes()
-    except (OSError, ValueError) as e:
-        raise TritonError(f"{model_dir} is not a readable model folder ({e.__class__.__name__}: {e}): "
-                          "pass a folder written by `charlstm export`") from None
-    recorded = manifest.get("files", {}).get("model.onnx", {}).get("sha256")
-    digest = hashlib.sha256(data).hexdigest()
-    if recorded != digest:
-        raise TritonError(f"{model_dir / 'model.onnx'} has sha256 {digest[:12]}…, model.json records "
-                          f"{str(recorded)[:12]}…: re-run `charlstm export`")
-    name = str(manifest.get("name") or model_dir.name)
-    if not NAME.match(name):
-        raise TritonError(f"model name {name!r} cannot be a Triton model folder: export with --name using only "
-                          "letters, digits, '_', '.' and '-'")
+    if kind not in KINDS:
+        raise TritonError(f"kind {kind!r} is not one of {', '.join(KINDS)}: auto lets Triton choose (a GPU when "
+                          "it has one)", "kind")
     if max_batch_size < 1:
-        raise TritonError(f"max_batch_size is {max_batch_size}: Triton needs at least 1 to batch sequences")
+        raise TritonError(f"max_batch_size is {max_batch_size}: Triton needs at least 1 to batch sequences",
+                          "max_batch_size")
+    manifest, data, digest = load_step(model_dir)
+    name = manifest.name
+    if not NAME.match(name) or name in (".", "..") or name.startswith("."):
+        raise TritonError(f"model name {name!r} cannot be a Triton model folder: export with --name using only "
+                          "letters, digits, '_', '.' and '-', not starting with '.'", "name")
     out = repo_dir / name
-    if out.exists() and not force:
-        raise TritonError(f"{out} already exists: pass --force to replace it, or another --triton folder")
-    shape = manifest["model"]
-    layers, units, vocab_size = shape["layers"], shape["units"], len(manifest["vocab"])
-
-    step = onnx.load_from_string(data)
-    wrapped = wrap(step, layers, units, vocab_size)
-    check_wrapper(step, wrapped, layers, units, vocab_size)
+    if (out.exists() or out.is_symlink()) and not force:
+        raise TritonError(f"{out} already exists: pass --force to replace it, or another --triton folder", "repo_dir")
+    check_writable(repo_dir)
+    try:
+        step = onnx.load_from_string(data)
+        wrapped = wrap(step, manifest.layers, manifest.units, len(manifest.vocab))
+        check_wrapper(step, wrapped, manifest.layers, manifest.units, len(manifest.vocab))
+    except TritonError:
+        raise
+    except Exception as e:  # noqa: BLE001 - onnx and ONNX Runtime raise many types for a graph they refuse
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise TritonError(f"{model_dir / 'model.onnx'} cannot be wrapped for Triton ({first}): re-run "
+                          "`charlstm export`", "model_dir") from None
     parameters = {  # for clients: get_model_config() tells them the vocabulary and the sampling default
-        "charlstm.vocab": json.dumps("".join(manifest["vocab"]), ensure_ascii=True),  # id i = character i
-        "charlstm.temperature": str(manifest.get("sampling", {}).get("temperature", 0.5)),
+        "charlstm.vocab": json.dumps("".join(manifest.vocab), ensure_ascii=True),  # id i = character i
+        "charlstm.temperature": str(manifest.temperature),
         "charlstm.model_sha256": digest,
     }
-    config = config_pbtxt(name, layers, units, vocab_size, parameters, max_batch_size)
-
-    repo_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=repo_dir))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; Triton may run as another user
+    config = config_pbtxt(name, manifest.layers, manifest.units, len(manifest.vocab), parameters, max_batch_size,
+                          KINDS[kind])
+    remove_stale_temps(repo_dir, name)
+    tmp = new_tmp_dir(out)
     try:
         (tmp / "1").mkdir()
         (tmp / "1" / "model.onnx").write_bytes(wrapped.SerializeToString())
         (tmp / "config.pbtxt").write_text(config, encoding="utf-8")
-        old = None
-        if out.exists():
-            old = out.with_name(f".old-{name}-{os.getpid()}")  # moved aside, removed only once the new one is in
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old:
-            shutil.rmtree(old, ignore_errors=True)
+        publish_dir(tmp, out, force, "Triton model folder")
+    except OSError as e:
+        raise write_failure(out, e) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
@@ -265,9 +279,12 @@ if __name__ == "__main__":
     parser.add_argument("repo_dir", help="Triton model repository (the folder given to --model-repository)")
     parser.add_argument("--force", action="store_true", help="replace REPO_DIR/<name> if it exists")
     parser.add_argument("--max-batch-size", type=int, default=MAX_BATCH_SIZE, help="sequences per ORT run")
+    parser.add_argument("--kind", choices=sorted(KINDS), default="auto",
+                        help="instance group kind: auto (Triton's choice: a GPU when it has one), gpu or cpu")
     args = parser.parse_args()
     try:
-        print(write_repository(args.model_dir, args.repo_dir, force=args.force, max_batch_size=args.max_batch_size))
+        print(write_repository(args.model_dir, args.repo_dir, force=args.force, max_batch_size=args.max_batch_size,
+                               kind=args.kind))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(e.exit_code) from None

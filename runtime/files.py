@@ -48,6 +48,19 @@ def write_failure(path, e: OSError) -> WriteError:
     return WriteError(f"cannot write in {folder} ({e.strerror or e.__class__.__name__}): {fix}")
 
 
+def ensure_space(path, needed: int) -> None:
+    """Fail in one line, before writing, when the disk under `path` has less than `needed` bytes free. Some
+    writers (HDF5 under h5py) do not fail cleanly on a full disk: they crash the process."""
+    folder = Path(path).parent
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return
+    if free < needed:
+        raise WriteError(f"cannot write in {folder} (No space left on device: {free:,} bytes free, about "
+                         f"{needed:,} needed): free some space there or write elsewhere")
+
+
 def check_writable(folder) -> None:
     """Fail now, not after minutes of work, if `folder` (created if missing) cannot take a new file."""
     folder = Path(folder)
@@ -122,8 +135,8 @@ def remove_stale_temps(folder, name: str | None = None) -> list[Path]:
     for p in folder.glob(f"{TMP_PREFIX}{name + '-' if name else ''}*"):
         parts = p.name[len(TMP_PREFIX):].rsplit("-", 2)
         pid = int(parts[-2]) if len(parts) == 3 and parts[-2].isdigit() else None
-        if pid is not None and pid != os.getpid() and _alive(pid):
-            continue
+        if pid is not None and (pid == os.getpid() or _alive(pid)):
+            continue  # a live writer's, this process's included
         if pid is None and name is None:
             continue  # not one of ours
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 TINY = dict(embedding_dim=8, units=32, layers=1, dropout=0.0, recurrent_dropout=0.0)

@@ -24,6 +24,8 @@ class ModelConfig:
     layers: int = 2
     dropout: float = 0.25  # between layers and before the Dense: the notebook's recipe overfits by epoch 14
     recurrent_dropout: float = 0.25  # on h inside each LSTM, one mask per sequence (Gal & Ghahramani)
+    weight_drop: float = 0.0  # DropConnect on each LSTM's recurrent kernel, one mask per batch (AWD-LSTM); off
+    # until a run shows it helps (docs/models.md)
 
     def validate(self) -> None:
         _check(1 <= self.vocab_size <= 1 << 20, "vocab_size", f"vocab_size must be from 1 to 1,048,576, got {self.vocab_size}")
@@ -32,6 +34,7 @@ class ModelConfig:
         _int(self, "layers", 1, 64)
         _fraction(self, "dropout")
         _fraction(self, "recurrent_dropout")
+        _fraction(self, "weight_drop")
 
     def parameters(self) -> int:
         """Number of weights: embedding, each LSTM's kernel, recurrent kernel and bias, and the Dense."""
@@ -77,9 +80,12 @@ class TrainConfig:
                f"strategy must be none or mirrored, got {self.strategy!r}")
 
 
-# `default` is the dataclasses' defaults; `seed` is the notebook's recipe exactly.
+# `default` is the dataclasses' defaults; `seed` is the notebook's recipe exactly; `finetune` is for --init-from:
+# a lower learning rate decaying sooner and fewer epochs, so a small text refines the source model rather than
+# overwriting it.
 PRESETS: dict[str, dict] = {
     "default": {},
+    "finetune": dict(learning_rate=5e-4, lr_decay_after=1, epochs=10, patience=3),
     "seed": dict(embedding_dim=256, units=1024, layers=1, dropout=0.0, recurrent_dropout=0.0,
                  epochs=50, batch_size=64, seq_length=100, learning_rate=1e-3, clip_norm=0.0, lr_decay=1.0,
                  stateful=False, patience=0),

@@ -64,6 +64,20 @@ class CharBatches(keras.utils.PyDataset):
         return chunk[:, :-1], chunk[:, 1:]
 
 
+class Tail(keras.utils.PyDataset):
+    """Batches `start`.. of `base`'s epoch: the rest of an epoch that a killed run had begun."""
+
+    def __init__(self, base: CharBatches, start: int):
+        super().__init__()
+        self.base, self.start = base, start
+
+    def __len__(self) -> int:
+        return len(self.base) - self.start
+
+    def __getitem__(self, index: int):
+        return self.base[self.start + index]
+
+
 class SetEpoch(keras.callbacks.Callback):
     """Tells the datasets which epoch is starting, so their shuffling depends on (seed, epoch) only."""
 

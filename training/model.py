@@ -17,6 +17,27 @@ from charlstm.training.config import ModelConfig
 STATE_PREFIX = "carried_state_"  # the name of training.model.LSTM's state variables, which are not weights
 
 
+class DropConnectCell(keras.layers.LSTMCell):
+    """An LSTMCell that, while `dropped` holds a masked copy of its recurrent kernel, steps with that copy."""
+
+    dropped = None
+
+    def call(self, inputs, states, training=False):
+        if self.dropped is None:
+            return super().call(inputs, states, training)
+        h_tm1, c_tm1 = states
+        if training and 0.0 < self.dropout < 1.0:
+            inputs = inputs * self.get_dropout_mask(inputs)
+        if training and 0.0 < self.recurrent_dropout < 1.0:
+            h_tm1 = h_tm1 * self.get_recurrent_dropout_mask(h_tm1)
+        z = keras.ops.matmul(inputs, self.kernel) + keras.ops.matmul(h_tm1, self.dropped)
+        if self.use_bias:
+            z = z + self.bias
+        c, o = self._compute_carry_and_output_fused(keras.ops.split(z, 4, axis=1), c_tm1)
+        h = o * self.activation(c)
+        return h, [h, c]
+
+
 @keras.saving.register_keras_serializable(package="charlstm")
 class LSTM(keras.layers.LSTM):
     """keras.layers.LSTM whose carried state (stateful=True) is a tracked variable, so every backend carries it.
@@ -27,6 +48,41 @@ class LSTM(keras.layers.LSTM):
     Tracked like BatchNormalization's moving statistics, the state survives every backend's fit and evaluate.
     It is not a weight: checkpoints neither save nor expect it, so they load into stateless models unchanged.
     """
+
+    def __init__(self, units, weight_drop: float = 0.0, **kwargs):
+        super().__init__(units, **kwargs)
+        self.weight_drop = weight_drop
+        if weight_drop:  # AWD-LSTM's weight drop: DropConnect on the recurrent kernel, one mask per batch
+            self.cell.__class__ = DropConnectCell
+            self.weight_drop_seed = keras.random.SeedGenerator(kwargs.get("seed"))
+
+    def get_config(self):
+        return {**super().get_config(), "weight_drop": self.weight_drop}
+
+    def inner_loop(self, sequences, initial_state, mask, training=False):
+        if not (training and self.weight_drop):
+            return super().inner_loop(sequences, initial_state, mask, training=training)
+        # One mask for the whole batch of sequences, as AWD-LSTM draws it; the kernel itself is unchanged, so
+        # inference (and the exported graph) uses the trained weights as they are.
+        dropped = keras.random.dropout(self.cell.recurrent_kernel, self.weight_drop, seed=self.weight_drop_seed)
+        if self.use_cudnn in ("auto", True) and not self.recurrent_dropout:
+            try:  # the backend's fused kernel (cuDNN on a GPU), given the masked recurrent kernel
+                if self.dropout:
+                    dp = self.cell.get_dropout_mask(sequences[:, 0, :])
+                    sequences = sequences * keras.ops.broadcast_to(keras.ops.expand_dims(dp, 1),
+                                                                   keras.ops.shape(sequences))
+                return keras.src.backend.lstm(
+                    sequences, initial_state[0], initial_state[1], mask[0] if isinstance(mask, (list, tuple))
+                    else mask, kernel=self.cell.kernel, recurrent_kernel=dropped, bias=self.cell.bias,
+                    activation=self.cell.activation, recurrent_activation=self.cell.recurrent_activation,
+                    return_sequences=self.return_sequences, go_backwards=self.go_backwards, unroll=self.unroll)
+            except NotImplementedError:  # no fused kernel here (the CPU): the generic loop below
+                pass
+        self.cell.dropped = dropped
+        try:
+            return keras.layers.RNN.inner_loop(self, sequences, initial_state, mask, training=training)
+        finally:
+            self.cell.dropped = None
 
     def _create_state_variables(self, batch_size):
         self.states = [self.add_weight(shape=tuple(s.shape), initializer="zeros", trainable=False,
@@ -49,8 +105,8 @@ def build_model(mc: ModelConfig, batch_size: int | None = None, stateful: bool =
     inputs = keras.Input(batch_shape=(batch_size, None), dtype="int32", name="ids")
     x = keras.layers.Embedding(mc.vocab_size, mc.embedding_dim, name="embedding")(inputs)
     for i in range(mc.layers):
-        x = LSTM(mc.units, return_sequences=True, stateful=stateful, recurrent_dropout=mc.recurrent_dropout,
-                 name=f"lstm_{i}")(x)
+        x = LSTM(mc.units, weight_drop=mc.weight_drop, return_sequences=True,
+                 stateful=stateful, recurrent_dropout=mc.recurrent_dropout, name=f"lstm_{i}")(x)
         if mc.dropout > 0:
             x = keras.layers.Dropout(mc.dropout, name=f"dropout_{i}")(x)
     logits = keras.layers.Dense(mc.vocab_size, name="logits")(x)

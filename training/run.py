@@ -6,7 +6,9 @@
       history.csv            epoch, train and validation loss (nats and bits per character), seconds
       checkpoints/epoch-NNN.weights.h5   one per epoch
       checkpoints/best.weights.h5        lowest validation loss so far
-      resume/epoch-NNN.keras + .json     model with optimizer state, and the loop's own state (latest only)
+      resume/NNNNNN.npz + .json          every variable (model, optimizer, loss metric) and the loop's position:
+                                         at each epoch's end and every --save-every batches (the two newest)
+      .lock                              held by the process training in the folder
       tensorboard/           TensorBoard logs (TensorFlow backend)
 
 Every file is written to a temporary name in the same folder, then renamed: readers see the old file or the
@@ -21,6 +23,8 @@ import json
 import math
 import re
 import shutil
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from charlstm.runtime.files import TMP_PREFIX, atomic_path, write_json, write_text  # noqa: F401
@@ -28,6 +32,42 @@ from charlstm.training.config import ConfigError
 
 LN2 = math.log(2.0)
 HISTORY_FIELDS = ["epoch", "train_loss", "train_bits", "val_loss", "val_bits", "seconds"]
+
+
+class RunLocked(ConfigError):
+    """Another live process is training in this run folder."""
+
+
+def check_unlocked(run_dir: Path) -> None:
+    """Fail now if a live process holds the run's lock (before minutes of imports; `lock` takes it for real)."""
+    if (Path(run_dir) / ".lock").exists():
+        with lock(Path(run_dir), write=False):
+            pass
+
+
+@contextmanager
+def lock(run_dir: Path, write: bool = True):
+    """Hold RUN/.lock for the body: a second `charlstm train` on the same folder fails at once, naming the pid
+    that holds it. The kernel drops the lock when its holder dies however it dies (SIGKILL included), so the
+    file a killed run leaves behind is simply taken over."""
+    import fcntl
+    import os
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / ".lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            raise RunLocked(f"{run_dir} is being trained by {holder}: wait for it to finish or stop it; two runs "
+                            "in one folder would overwrite each other's checkpoints", "out") from None
+        if write:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock; the file stays, harmless
 
 
 def read_json(path: Path):
@@ -112,32 +152,12 @@ def best_checkpoint(run_dir: Path) -> Path:
     return Path(run_dir) / "checkpoints" / "best.weights.h5"
 
 
-def latest_resume(run_dir: Path) -> tuple[Path, dict] | None:
-    """The newest complete resume point: its .keras file and loop state, or None if there is none."""
-    folder = Path(run_dir) / "resume"
-    points = []
-    for p in folder.glob("epoch-*.json") if folder.is_dir() else []:
-        m = re.fullmatch(r"epoch-(\d+)\.json", p.name)
-        if m and p.with_suffix(".keras").exists():
-            points.append((int(m.group(1)), p))
-    if not points:
-        return None
-    _, state_path = max(points)
-    return state_path.with_suffix(".keras"), read_json(state_path)
-
-
 def remove_run_temps(run_dir: Path) -> None:
     """Half-written files a killed run left under temporary names: never read, removed when the run resumes
     (under the run's lock, so no live writer owns them)."""
     for folder in (Path(run_dir), Path(run_dir) / "checkpoints", Path(run_dir) / "resume"):
         for p in folder.glob(f"{TMP_PREFIX}*") if folder.is_dir() else []:
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-
-
-def prune_resume(run_dir: Path, keep_epoch: int) -> None:
-    for p in (Path(run_dir) / "resume").glob("epoch-*"):
-        if not p.name.startswith(f"epoch-{keep_epoch:03d}."):
-            p.unlink(missing_ok=True)
 
 
 def resolve_checkpoint(run_dir: Path, checkpoint: str) -> tuple[Path, int | None]:

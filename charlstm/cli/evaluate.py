@@ -66,8 +66,8 @@ def evaluate(
                 from charlstm.runtime.evaluate import evaluate_text
                 result = evaluate_text(model, scored, int8=int8, progress=report, unknown=unknown.value)
             else:
-                from charlstm.cli.extras import require
-                require("train", "keras")
+                from charlstm.cli.extras import require_keras
+                require_keras("train")
                 from charlstm.training.evaluate import evaluate_run
                 result = evaluate_run(run, scored, checkpoint, progress=report, average=average)
         result.update({"text": str(text), "split": split.value, "val_fraction": val_fraction})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -9,6 +10,12 @@ import typer
 
 from charlstm.cli.output import log, user_errors
 from charlstm.errors import UserError
+
+
+class TritonKind(str, Enum):
+    auto = "auto"
+    gpu = "gpu"
+    cpu = "cpu"
 
 
 def export(
@@ -22,6 +29,7 @@ def export(
     from_notebook: Annotated[Optional[Path], typer.Option(help="Import a checkpoint written by the original notebook (folder or prefix) instead of a run folder.")] = None,
     corpus: Annotated[Optional[Path], typer.Option(help="The text the run trained on, if it is no longer where the run recorded it (checked by sha256); with --from-notebook, the notebook's text (its vocabulary is rebuilt from it).")] = None,
     triton: Annotated[Optional[Path], typer.Option(help="Also write a Triton Inference Server model repository here.")] = None,
+    triton_kind: Annotated[TritonKind, typer.Option(help="The Triton instance group: auto lets Triton choose (a GPU when it has one, else the CPU); gpu or cpu insists.")] = "auto",
 ) -> None:
     """Export a trained network to a verified stepwise ONNX model folder (model.onnx + model.json)."""
     with user_errors({"run_dir": "RUN_DIR"}):
@@ -48,7 +56,7 @@ def export(
                                 force=force, int8=int8, val_text=eval_text, log=log)
         if triton is not None:
             from charlstm.export.triton import write_repository
-            write_repository(out, triton, force=force)
+            write_repository(out, triton, force=force, kind=TritonKind(triton_kind).value)
             log(f"Triton model repository: {triton}")
         p = manifest.export["parity"]
         log(f"wrote {out} (parity with Keras: {p['max_abs_logit_diff']:.2e} over {p['steps']} steps)")

@@ -9,12 +9,12 @@ from typing import Annotated, Optional
 import typer
 
 from charlstm.cli.output import user_errors
-from charlstm.errors import UserError
 
 
 class Preset(str, Enum):
     seed = "seed"
     default = "default"
+    finetune = "finetune"
 
 
 class Strategy(str, Enum):
@@ -24,9 +24,9 @@ class Strategy(str, Enum):
 
 def train(
     out: Annotated[Path, typer.Option("--out", help="Run folder to write (config, vocabulary, checkpoints, history).")],
-    text: Annotated[Optional[Path], typer.Option("--text", help="UTF-8 text to train on. Optional with --resume.")] = None,
-    preset: Annotated[Preset, typer.Option(help="seed = the notebook's recipe exactly; default = the best measured recipe.")] = Preset.default,
-    epochs: Annotated[Optional[int], typer.Option(help="Epochs to train (with --resume: the new total).")] = None,
+    text: Annotated[Optional[Path], typer.Option("--text", help="UTF-8 text to train on. When --out holds a run: optional, and must be that run's text.")] = None,
+    preset: Annotated[Optional[Preset], typer.Option(help="default = the best measured recipe; seed = the notebook's recipe exactly; finetune = for --init-from (lower learning rate, 10 epochs). Default: finetune with --init-from, else default.", show_default=False)] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Epochs to train in all (continuing a run: may raise its total).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Sequences per batch (global, over all replicas).")] = None,
     seq_length: Annotated[Optional[int], typer.Option(help="Characters per training sequence (BPTT length).")] = None,
     embedding_dim: Annotated[Optional[int], typer.Option(help="Size of the character embedding.")] = None,
@@ -34,6 +34,7 @@ def train(
     layers: Annotated[Optional[int], typer.Option(help="Number of stacked LSTM layers.")] = None,
     dropout: Annotated[Optional[float], typer.Option(help="Dropout after each LSTM layer, in [0, 1).")] = None,
     recurrent_dropout: Annotated[Optional[float], typer.Option(help="Dropout on each LSTM's recurrent input h, one mask per sequence, in [0, 1).")] = None,
+    weight_drop: Annotated[Optional[float], typer.Option(help="DropConnect on each LSTM's recurrent weights, one mask per batch (AWD-LSTM's weight drop), in [0, 1); the exported graph is unchanged.")] = None,
     learning_rate: Annotated[Optional[float], typer.Option(help="Adam learning rate.")] = None,
     lr_decay: Annotated[Optional[float], typer.Option(help="Multiply the learning rate by this every epoch after --lr-decay-after; 1 = constant.")] = None,
     lr_decay_after: Annotated[Optional[int], typer.Option(help="Epochs at the full learning rate before --lr-decay starts.")] = None,
@@ -45,39 +46,49 @@ def train(
     sample_every: Annotated[Optional[int], typer.Option(help="Print a 200-character sample every N epochs; 0 = never.")] = None,
     keep_newlines: Annotated[bool, typer.Option(help="Keep \\r\\n line endings instead of normalising them to \\n.")] = False,
     strategy: Annotated[Strategy, typer.Option(help="mirrored = tf.distribute.MirroredStrategy over all local GPUs.")] = Strategy.none,
-    resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint, optimizer state included.")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out, taking every setting from its config.json (the same command continues it too, without this flag).")] = False,
+    force: Annotated[bool, typer.Option(help="Start a new run in --out even though it holds another run, which is replaced.")] = False,
+    save_every: Annotated[int, typer.Option(min=0, help="Batches between mid-epoch resume points (each epoch's end has one too); 0 = at epoch ends only.")] = 200,
+    init_from: Annotated[Optional[Path], typer.Option(metavar="RUN_DIR", help="Fine-tune: start from this run's weights and model shape; the new text's unseen characters get new rows.")] = None,
+    checkpoint: Annotated[str, typer.Option(help="With --init-from: best, last, or a .weights.h5 file of that run.")] = "best",
     quiet: Annotated[bool, typer.Option(help="No progress bar (epoch summaries still go to stderr).")] = False,
 ) -> None:
-    """Train a character-level LSTM on a UTF-8 text and write a self-describing run folder."""
-    with user_errors():
-        from charlstm.cli.extras import require
-        require("train", "keras", "tensorflow") if _backend() == "tensorflow" else require("train", "keras")
+    """Train a character-level LSTM on a UTF-8 text and write a self-describing run folder.
+
+    Run again, the same command continues the run in --out from its last resume point (at most --save-every
+    batches back), as a preemptible job's scheduler reruns it: a flag that differs from the run's settings is
+    refused, naming both values; --force starts a new run there instead.
+    """
+    with user_errors({"out": "--out", "text": "--text", "init_from": "--init-from", "resume": "--resume"}):
+        from charlstm.training import run as run_folder
         from charlstm.training.config import PRESETS, TrainConfig, split_options
-        from charlstm.training.train import train as run_training
+        from charlstm.training.plan import plan
 
         given = {k: v for k, v in dict(
             epochs=epochs, batch_size=batch_size, seq_length=seq_length, embedding_dim=embedding_dim,
-            units=units, layers=layers, dropout=dropout, recurrent_dropout=recurrent_dropout,
+            units=units, layers=layers, dropout=dropout, recurrent_dropout=recurrent_dropout, weight_drop=weight_drop,
             learning_rate=learning_rate, lr_decay=lr_decay, lr_decay_after=lr_decay_after, clip_norm=clip_norm,
             val_fraction=val_fraction, patience=patience, seed=seed, stateful=stateful,
             sample_every=sample_every).items() if v is not None}
-        if resume:
-            extra = sorted(set(given) - {"epochs"})
-            if extra:
-                raise UserError(f"--resume takes its settings from {out / 'config.json'}; drop "
-                                + ", ".join("--" + k.replace("_", "-") for k in extra))
-            summary = run_training(text, out, resume=True, epochs=epochs, verbose=0 if quiet else 1)
-        else:
-            options = {**PRESETS[preset.value], **given, "keep_newlines": keep_newlines,
-                       "strategy": strategy.value}
-            model_options, train_options = split_options(options)
-            summary = run_training(text, out, model_options, TrainConfig(**train_options),
-                                   verbose=0 if quiet else 1)
+        if keep_newlines:
+            given["keep_newlines"] = True
+        if strategy != Strategy.none:
+            given["strategy"] = strategy.value
+        name = (preset or (Preset.finetune if init_from else Preset.default)).value
+        if preset is not None:  # an explicit preset's values count as given: a continued run checks them too
+            given = {**PRESETS[name], **given}
+        options = {**PRESETS[name], **given}
+        model_options, train_options = split_options(options)
+        settings = dict(given=given, resume=resume, force=force, init_from=init_from, init_checkpoint=checkpoint)
+        # Checked before importing Keras (seconds): a refused flag or a held folder is told at once.
+        plan(text, out, model_options, TrainConfig(**train_options), **settings)
+        run_folder.check_unlocked(out)
+        from charlstm.cli.extras import require_keras
+        require_keras("train")
+        from charlstm.training.train import train as run_training
+        summary = run_training(text, out, model_options, TrainConfig(**train_options), save_every=save_every,
+                               verbose=0 if quiet else 1, **settings)
         typer.echo(f"best validation loss {summary['best_val_loss']:.4f} nats/char at epoch "
                    f"{summary['best_epoch']} of {summary['epochs']}; run folder {summary['run_dir']}"
                    if summary["best_epoch"] else f"no epoch finished; run folder {summary['run_dir']}", err=True)
 
-
-def _backend() -> str:
-    import os
-    return os.environ.get("KERAS_BACKEND", "tensorflow")
