@@ -16,8 +16,7 @@ import numpy as np
 from charlstm.errors import UserError
 from charlstm.export import burst, step_graph, verify
 from charlstm.runtime import text as text_io
-from charlstm.runtime.files import (check_writable, new_tmp_dir, publish_dir, remove_stale_temps, sha256_bytes,
-                                    write_failure)
+from charlstm.runtime.files import new_tmp_dir, prepare_folder, publish_dir, sha256_bytes, write_failure
 from charlstm.runtime.machine import versions
 from charlstm.runtime.manifest import BURST_FILE, MODEL_FILE, Burst, Manifest
 from charlstm.training import run
@@ -138,13 +137,7 @@ def export_model(model, mc: ModelConfig, vocab: list[str], out: Path, *, name: s
 
 
 def prepare_output(out: Path, force: bool) -> None:
-    """Before the minute of tracing: refuse an existing folder without force, check the parent is writable, and
-    remove what a killed export left behind (temporary folders of processes that are gone)."""
-    if (out.exists() or out.is_symlink()) and not force:
-        raise ExportError(f"output folder {out} already exists: pass --force to replace it, or another --out", "out")
-    check_writable(out.parent if str(out.parent) else Path("."))
-    remove_stale_temps(out.parent, out.name)
-    remove_stale_temps(out.parent, f"old-{out.name}")
+    prepare_folder(out, force)
 
 
 def evaluate(folder: Path, val_text: str, provenance: dict, log) -> dict:

@@ -144,6 +144,18 @@ def remove_stale_temps(folder, name: str | None = None) -> list[Path]:
     return removed
 
 
+def prepare_folder(out: Path, force: bool, what: str = "output folder", flag: str = "--out") -> None:
+    """Before the work: refuse an existing folder without force, check the parent is writable, and remove
+    what a killed writer of this folder left behind (temporary folders of processes that are gone)."""
+    out = Path(out)
+    if (out.exists() or out.is_symlink()) and not force:
+        raise WriteError(f"{what} {out} already exists: pass --force to replace it, or another {flag}", "out")
+    parent = out.parent if str(out.parent) else Path(".")
+    check_writable(parent)
+    remove_stale_temps(parent, out.name)
+    remove_stale_temps(parent, f"old-{out.name}")
+
+
 def new_tmp_dir(out: Path) -> Path:
     """A fresh, world-readable temporary folder beside `out`, for a folder that is published whole."""
     try:

@@ -160,7 +160,7 @@ def _tiny_train_args(corpus: Path, out: Path, epochs: int = 2) -> list[str]:
 
 @pytest.mark.slow
 def test_a_full_disk_during_train_and_export(tmp_path, corpus_path, tiny_run):
-    with tmpfs(tmp_path / "small", "600k") as small:
+    with tmpfs(tmp_path / "small", "400k") as small:
         # train: the first epoch's files fit, a later one does not; the one before stays whole
         result = run_cli(*_tiny_train_args(corpus_path, small / "run", epochs=50))
         line = one_line_error(result, "cannot write in", "free some space there or write elsewhere")

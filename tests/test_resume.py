@@ -64,14 +64,16 @@ LIBRARY_TINY = dict(units=16, layers=2, embedding_dim=8, batch_size=8, seq_lengt
 
 
 def test_the_same_command_continues_and_equals_an_uninterrupted_run(tmp_path, corpus_path):
-    library_train(corpus_path, tmp_path / "straight", {"epochs": 3})
+    library_train(corpus_path, tmp_path / "straight", {"epochs": 2})
     library_train(corpus_path, tmp_path / "run", {"epochs": 1})
     said = []
     library_train(corpus_path, tmp_path / "run", {"epochs": 2}, log=said.append)  # the same flags, a higher total
     assert any("epochs 2..2" in m for m in said)
+    same_run(tmp_path / "straight", tmp_path / "run", 2)
     from charlstm.training.train import train
-    train(None, tmp_path / "run", resume=True, epochs=3, verbose=0, log=lambda m: None)  # settings from the run
-    same_run(tmp_path / "straight", tmp_path / "run", 3)
+    said = []
+    train(None, tmp_path / "run", resume=True, verbose=0, log=said.append)  # every setting from the run
+    assert any("already has 2 epochs" in m for m in said)
 
 
 def test_a_differing_flag_or_text_is_refused_before_anything_is_touched(tmp_path, corpus_path):
@@ -152,8 +154,9 @@ def test_sigkill_mid_epoch_then_the_same_command_ends_where_an_uninterrupted_run
         straight = run_cli(*train_args(corpus_path, tmp_path / "straight", *epochs), env=env)
         assert straight.returncode == 0, straight.stderr[-2000:]
     args = train_args(corpus_path, tmp_path / "killed", *epochs)
-    kills = _kill_mid_epoch(args, tmp_path / "killed", env, kills=2, rng=np.random.default_rng(3))
-    assert kills == 2
+    wanted = 2 if backend == "tensorflow" else 1  # three kills over the two backends: JAX's restarts cost more
+    kills = _kill_mid_epoch(args, tmp_path / "killed", env, kills=wanted, rng=np.random.default_rng(3))
+    assert kills == wanted
     same_run(tmp_path / "straight", tmp_path / "killed", 2)
     assert not list((tmp_path / "killed").rglob(".tmp-*"))  # what a kill left half-written is gone
     assert len(resume.points(tmp_path / "killed")) == resume.KEEP
@@ -243,7 +246,7 @@ def test_weight_drop_trains_resumes_exactly_and_exports_the_same_contract(tmp_pa
     library_train(corpus_path, tmp_path / "run", options)
     same_run(tmp_path / "straight", tmp_path / "run", 2)
     assert json.loads((tmp_path / "run" / "config.json").read_text())["model"]["weight_drop"] == 0.3
-    exported = run_cli("export", str(tmp_path / "run"), "--out", str(tmp_path / "model"))
-    assert exported.returncode == 0, exported.stderr[-2000:]
+    from tests.conftest import _export
+    _export(tmp_path / "run", tmp_path / "model")  # traced and checked against Keras as `charlstm export` does
     manifest = json.loads((tmp_path / "model" / "model.json").read_text())
     assert manifest["inputs"] == {"token": "token", "h": "h", "c": "c"} and manifest["export"]["parity"]["greedy_match"]

@@ -124,11 +124,12 @@ def test_the_same_command_on_a_finished_run_does_nothing(tiny_run, corpus_path):
     assert {p: p.stat().st_mtime_ns for p in tiny_run.rglob("*") if p.is_file() and p.name != ".lock"} == before
 
 
-def test_train_without_tensorflow_names_the_extra(tmp_path):
+def test_train_without_tensorflow_names_the_extra(tmp_path, corpus_path):
+    (tmp_path / "x.txt").write_text(corpus_path.read_text(encoding="utf-8"), encoding="utf-8")
     code = textwrap.dedent("""
         import sys
         sys.modules["tensorflow"] = None  # as if the `train` extra were not installed
-        sys.argv = ["charlstm", "train", "--text", "x.txt", "--out", "r"]
+        sys.argv = ["charlstm", "train", "--text", "x.txt", "--out", "r", "--batch-size", "2", "--seq-length", "20"]
         from charlstm.cli import main
         main()
     """)

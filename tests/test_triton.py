@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 import pytest
 
+from charlstm.errors import UserError
 from charlstm.export.triton import TritonError, check_wrapper, wrap, write_repository
 from tests.conftest import ROOT, SLOW_MACHINE_TIMEOUT, run_cli
 from tests.onnx_fixture import make_model_dir, numpy_step
@@ -126,25 +127,27 @@ def test_existing_model_needs_force_and_others_are_kept(tmp_path):
 def test_bad_folders_fail_with_one_line(tmp_path):
     model = make_model_dir(tmp_path / "model")
     (model / "model.onnx").write_bytes((model / "model.onnx").read_bytes() + b"\0")
-    with pytest.raises(TritonError, match="sha256"):
+    with pytest.raises(UserError, match="changed or truncated"):  # the runtime's own checks (tests/test_faults.py)
         write_repository(model, tmp_path / "repo")
     model = make_model_dir(tmp_path / "named")
     manifest = json.loads((model / "model.json").read_text())
     (model / "model.json").write_text(json.dumps({**manifest, "name": "my model/v1"}))
     with pytest.raises(TritonError, match="--name"):
         write_repository(model, tmp_path / "repo")
-    with pytest.raises(TritonError, match="not a readable model folder"):
+    with pytest.raises(UserError, match="does not exist"):
         write_repository(tmp_path / "missing", tmp_path / "repo")
+    with pytest.raises(TritonError, match="kind 'tpu'"):
+        write_repository(make_model_dir(tmp_path / "k"), tmp_path / "repo", kind="tpu")
 
 
 def test_module_command_writes_a_repository(tmp_path):
-    """`python -m export.triton MODEL REPO` needs no TensorFlow: a repository from an existing model folder."""
+    """`python -m charlstm.export.triton MODEL REPO` needs no TensorFlow: a repository from an existing model folder."""
     model = make_model_dir(tmp_path / "model")
-    done = subprocess.run([sys.executable, "-m", "export.triton", str(model), str(tmp_path / "repo")],
+    done = subprocess.run([sys.executable, "-m", "charlstm.export.triton", str(model), str(tmp_path / "repo")],
                           capture_output=True, text=True, cwd=ROOT, timeout=SLOW_MACHINE_TIMEOUT)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "repo" / "fixture" / "config.pbtxt").is_file()
-    again = subprocess.run([sys.executable, "-m", "export.triton", str(model), str(tmp_path / "repo")],
+    again = subprocess.run([sys.executable, "-m", "charlstm.export.triton", str(model), str(tmp_path / "repo")],
                            capture_output=True, text=True, cwd=ROOT, timeout=SLOW_MACHINE_TIMEOUT)
     assert again.returncode == 2 and again.stderr.startswith("error: ") and "Traceback" not in again.stderr
 

@@ -26,3 +26,21 @@ def encode(text: str, vocab: list[str]) -> np.ndarray:
 
 def decode(ids, vocab: list[str]) -> str:
     return "".join(vocab[int(i)] for i in ids)
+
+
+def count_batches(characters: int, batch_size: int, seq_length: int, stateful: bool, shuffle: bool,
+                  name: str) -> int:
+    """Batches an epoch of `characters` makes (training.data.CharBatches); CorpusError when not even one."""
+    if stateful:
+        stream = characters // batch_size
+        # room for the largest offset (seq_length - 1) plus one target character
+        n = (stream - seq_length) // seq_length if shuffle else (stream - 1) // seq_length
+    else:
+        windows = (characters - seq_length) // (seq_length + 1) if shuffle else characters // (seq_length + 1)
+        n = windows // batch_size
+    if n < 1:
+        raise CorpusError(f"the {name} split has {characters:,} characters, too few for one batch of {batch_size} x "
+                          f"{seq_length + 1} characters (needs about {batch_size * (seq_length + 1) + seq_length:,}): "
+                          "use a longer text, a smaller --batch-size or --seq-length, or a larger --val-fraction",
+                          "text")
+    return n

@@ -15,7 +15,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from charlstm.training.corpus import CorpusError
+from charlstm.training.corpus import count_batches
 
 
 class CharBatches(keras.utils.PyDataset):
@@ -25,20 +25,8 @@ class CharBatches(keras.utils.PyDataset):
         self.ids, self.batch_size, self.seq_length = ids.astype(np.int32), batch_size, seq_length
         self.stateful, self.seed, self.shuffle = stateful, seed, shuffle
         self.epoch = 0
-        span = batch_size * (seq_length + 1)
-        if stateful:
-            self.stream_length = len(ids) // batch_size
-            # Room for the largest offset (seq_length - 1) plus one target character.
-            self.n_batches = (self.stream_length - seq_length) // seq_length if shuffle else \
-                (self.stream_length - 1) // seq_length
-        else:
-            windows = (len(ids) - seq_length) // (seq_length + 1) if shuffle else len(ids) // (seq_length + 1)
-            self.n_batches = windows // batch_size
-        if self.n_batches < 1:
-            raise CorpusError(
-                f"the {name} split has {len(ids):,} characters, too few for one batch of {batch_size} x "
-                f"{seq_length + 1} characters (needs about {span + seq_length:,}): use a longer text, a smaller "
-                f"--batch-size or --seq-length, or a larger --val-fraction")
+        self.stream_length = len(ids) // batch_size
+        self.n_batches = count_batches(len(ids), batch_size, seq_length, stateful, shuffle, name)
 
     def __len__(self) -> int:
         return self.n_batches

@@ -14,7 +14,9 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from charlstm.runtime.files import sha256_file
+from charlstm.runtime import text as text_io
+from charlstm.runtime.files import check_writable, sha256_file
+from charlstm.training.corpus import count_batches
 from charlstm.training import run
 from charlstm.training.config import ConfigError, ModelConfig, TrainConfig, from_dict
 
@@ -85,6 +87,7 @@ def plan(text_path, run_dir, mc_options: dict | None, tc: TrainConfig | None, gi
                                   " records it: pass it with --text", "text")
         tc = dataclasses.replace(stored, epochs=total)
         tc.validate()
+        check_writable(run_dir)
         return Plan(run_dir, path, dataclasses.asdict(mc), tc, continuing=True, vocab=run.read_vocab(run_dir), mc=mc)
     if resume:
         raise ConfigError(f"nothing to resume: {run_dir} holds no run (no config.json): drop --resume to start one",
@@ -101,6 +104,8 @@ def plan(text_path, run_dir, mc_options: dict | None, tc: TrainConfig | None, gi
     options = dict(mc_options or {})
     if init_from is not None:
         options = _fine_tune_shape(Path(init_from), options, given or {})
+    check_corpus(Path(text_path), tc)
+    check_writable(run_dir)  # a read-only folder or a full disk fails now, not after the first epoch
     return Plan(run_dir, Path(text_path), options, tc, continuing=False, replace=has_run,
                 init_from=None if init_from is None else Path(init_from), init_checkpoint=init_checkpoint)
 
@@ -115,3 +120,11 @@ def _fine_tune_shape(source: Path, options: dict, given: dict) -> dict:
         raise ConfigError(f"--init-from {source}: {'; '.join(differ)}: a fine-tuned model has its source's shape; "
                           "drop the flag", "init_from")
     return {**options, **{k: stored[k] for k in SHAPE if k != "vocab_size"}}
+
+
+def check_corpus(path: Path, tc: TrainConfig) -> None:
+    """The text reads as UTF-8 and both splits make at least one batch: told before Keras is imported."""
+    text = text_io.read_text(path, keep_newlines=tc.keep_newlines)
+    train, val = text_io.split(text, tc.val_fraction)
+    count_batches(len(train), tc.batch_size, tc.seq_length, tc.stateful, True, "training")
+    count_batches(len(val), tc.batch_size, tc.seq_length, tc.stateful, False, "validation")

@@ -20,7 +20,7 @@ import keras
 
 from charlstm.runtime import machine as machine_info
 from charlstm.runtime import text as text_io
-from charlstm.runtime.files import check_writable, sha256_file
+from charlstm.runtime.files import sha256_file
 from charlstm.training import corpus, finetune, resume, run
 from charlstm.training.callbacks import Divergence, RunWriter
 from charlstm.training.config import ConfigError, ModelConfig, TrainConfig, to_dict
@@ -79,7 +79,6 @@ def train(text_path: str | Path | None, run_dir: str | Path, mc_options: dict | 
     a continued run checks them against its stored settings."""
     run_dir = Path(run_dir)
     p = plan(text_path, run_dir, mc_options, tc, given, resume, force, epochs, init_from, init_checkpoint)
-    check_writable(run_dir)  # a read-only folder or a full disk fails now, not after the first epoch
     with run.lock(run_dir):
         return _train(p, save_every, verbose, log)
 

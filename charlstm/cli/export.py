@@ -33,10 +33,11 @@ def export(
 ) -> None:
     """Export a trained network to a verified stepwise ONNX model folder (model.onnx + model.json)."""
     with user_errors({"run_dir": "RUN_DIR"}):
+        from charlstm.runtime.files import prepare_folder
+        prepare_folder(out, force)  # before the imports and the minute of tracing: an existing or unwritable --out
         from charlstm.cli.extras import require
         require("export", "tensorflow", "keras", "tf2onnx", "onnx")
-        from charlstm.export.export import export_model, held_out, load_run, parity_ids, prepare_output
-        prepare_output(out, force)  # before minutes of work: an existing or unwritable --out is refused now
+        from charlstm.export.export import export_model, held_out, load_run, parity_ids
         if triton is not None and (triton / (name or out.name)).exists() and not force:
             # Checked first, so a refused Triton folder does not leave a fresh model folder behind.
             raise UserError(f"{triton / (name or out.name)} already exists: pass --force to replace it, "
