@@ -15,6 +15,8 @@ COPY charlstm/ charlstm/
 COPY runtime/ runtime/
 COPY training/ training/
 COPY export/ export/
+COPY web/__init__.py web/site.py web/
+COPY web/static/ web/static/
 # The default model ships inside the package (pyproject's package data): `charlstm generate` needs no --model.
 COPY models/shakespeare/ models/shakespeare/
 COPY deploy/install-generate.sh deploy/

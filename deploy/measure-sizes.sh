@@ -30,6 +30,7 @@ done
 for d in charlstm runtime training export; do
     cp -R "$repo/$d" "$work/src/"
 done
+mkdir -p "$work/src/web" && cp "$repo/web/"*.py "$repo/web/"*.json "$work/src/web/" && cp -R "$repo/web/static" "$work/src/web/"
 mkdir -p "$work/src/models" && cp -R "$repo/models/shakespeare" "$work/src/models/"  # the packaged default model
 if [ ! -f "$work/src/README.md" ]; then
     echo "charlstm" > "$work/src/README.md"  # pyproject's readme; only its presence matters to the build

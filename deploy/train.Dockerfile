@@ -14,6 +14,8 @@ COPY charlstm/ charlstm/
 COPY runtime/ runtime/
 COPY training/ training/
 COPY export/ export/
+COPY web/__init__.py web/site.py web/
+COPY web/static/ web/static/
 COPY deploy/install-train.sh deploy/
 RUN python -m venv /opt/venv && sh deploy/install-train.sh /opt/venv/bin/python /src
 

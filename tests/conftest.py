@@ -114,6 +114,7 @@ def copy_project(dst: Path) -> Path:
     for name in ("pyproject.toml", "README.md", "LICENSE"):
         if (ROOT / name).is_file():
             shutil.copy2(ROOT / name, dst / name)
-    for folder in ("charlstm", "runtime", "training", "export", "models"):
-        shutil.copytree(ROOT / folder, dst / folder, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for folder in ("charlstm", "runtime", "training", "export", "models", "web"):
+        shutil.copytree(ROOT / folder, dst / folder, ignore=shutil.ignore_patterns("__pycache__", "*.pyc",
+                                                                                   "node_modules"))
     return dst

@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from charlstm.cli import evaluate, export, generate, serve, train
+from charlstm.cli import evaluate, export, generate, serve, train, web
 
 app = typer.Typer(
     help="Character-level LSTM text generation: train with Keras 3, export to ONNX, generate with ONNX Runtime.",
@@ -23,6 +23,7 @@ app.command("export")(export.export)
 app.command("generate")(generate.generate)
 app.command("evaluate")(evaluate.evaluate)
 app.command("serve")(serve.serve)
+app.command("web")(web.web)
 
 
 def main() -> None:

@@ -1,0 +1,1 @@
+"""The browser site `charlstm web` writes: generation with onnxruntime-web in a Web Worker (site.py, static/)."""
