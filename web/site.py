@@ -4,7 +4,7 @@ The site is the page (index.html, app.js), its Web Worker (worker.js: the sessio
 step, the sampler), the model folder's model.onnx and model.json, and onnxruntime-web's three files for its WASM
 backend, pinned by web/package.json and its lockfile. It runs from any static host (python -m http.server,
 GitHub Pages) with no server code and works offline once loaded. The page uses the float32 step graph: the int8
-graph's MatMulNBits ran several times slower in WASM, and the burst graph reads its weights from model.onnx as
+graph's MatMulNBits ran far slower in WASM, and the burst graph reads its weights from model.onnx as
 external data, which the step graph does not need (docs/browser.md has the measurements).
 
 TensorFlow-free: the folder is checked by the runtime's own manifest and contract checks.
