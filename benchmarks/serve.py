@@ -2,6 +2,7 @@
 
     python benchmarks/serve.py                                  # models/shakespeare, 1, 8, 32 and 64 clients
     python benchmarks/serve.py --configs fp32/0 int8/0 fp32/2   # settings compared in the same rounds
+    python benchmarks/serve.py --configs fp32/1 fp32/1/ray1      # the same server behind Ray Serve's proxy
 
 For each N: N clients on loopback each stream one completion (different prompts and seeds) at once; the table
 gives the aggregate characters per second, the time to the first character and the gaps between chunks (p50,
@@ -22,6 +23,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -105,13 +107,18 @@ def engine_rate(engine, streams: int, length: int) -> float:
     return sum(h.made for h in handles) / (time.perf_counter() - start)
 
 
-def start_server(model: Path, int8: bool, threads: int, max_streams: int) -> tuple[subprocess.Popen, int]:
+def start_server(model: Path, int8: bool, threads: int, max_streams: int,
+                 ray_replicas: int = 0) -> tuple[subprocess.Popen, int]:
     cmd = [sys.executable, "-m", "charlstm", "serve", "--model", str(model), "--port", "0", "--device", "cpu",
            "--max-streams", str(max_streams), "--threads", str(threads), "--int8" if int8 else "--fp32"]
+    if ray_replicas:  # each replica reserves what the plain server uses: its threads and a core for HTTP
+        cmd += ["--ray", "--replicas", str(ray_replicas), "--replica-cpus", str(threads + 1)]
     proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     for line in proc.stderr:
         m = re.search(r"listening on http://127\.0\.0\.1:(\d+)/", line)
         if m:
+            # keep reading its stderr, so a chatty server never blocks on a full pipe
+            threading.Thread(target=lambda: sum(1 for _ in proc.stderr), daemon=True).start()
             return proc, int(m.group(1))
     raise SystemExit(f"error: charlstm serve did not start (exit {proc.wait()})")
 
@@ -121,9 +128,9 @@ def main() -> None:
     p.add_argument("--model", type=Path, default=ROOT / "models" / "shakespeare")
     p.add_argument("--streams", type=int, nargs="+", default=[1, 8, 32, 64])
     p.add_argument("--length", type=int, default=300, help="characters per stream")
-    p.add_argument("--configs", nargs="+", default=["fp32/0"], metavar="PRECISION/THREADS",
+    p.add_argument("--configs", nargs="+", default=["fp32/0"], metavar="PRECISION/THREADS[/rayN]",
                    help="server settings to compare in the same rounds, e.g. fp32/0 int8/0 fp32/2 (threads 0: "
-                        "serve's default, one per core but one)")
+                        "serve's default, one per core but one); /rayN: on a local Ray Serve, N replicas")
     p.add_argument("--repeats", type=int, default=3, help="rounds; each figure is the median")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
@@ -134,10 +141,12 @@ def main() -> None:
             "load_average_before": load_average()}
     configs = []
     for c in args.configs:
-        precision, _, threads = c.partition("/")
-        if precision not in ("fp32", "int8") or not threads.isdigit():
-            raise SystemExit(f"error: --configs {c!r}: use PRECISION/THREADS, e.g. fp32/0 or int8/1")
-        configs.append((precision, int(threads) or max(1, usable_cores() - 1)))  # 0: charlstm serve's default
+        m = re.fullmatch(r"(fp32|int8)/(\d+)(?:/ray(\d+))?", c)
+        if not m:
+            raise SystemExit(f"error: --configs {c!r}: use PRECISION/THREADS[/rayN], e.g. fp32/0, int8/1 or "
+                             "fp32/1/ray1")
+        # threads 0: charlstm serve's default
+        configs.append((m[1], int(m[2]) or max(1, usable_cores() - 1), int(m[3] or 0)))
 
     def bodies(n):
         return [{"prompt": PROMPTS[i % len(PROMPTS)], "max_tokens": args.length, "seed": i,
@@ -145,8 +154,8 @@ def main() -> None:
 
     live = []  # per config: (server process, port, engine); idle ones sleep (no spinning workers)
     try:
-        for precision, threads in configs:
-            proc, port = start_server(args.model, precision == "int8", threads, max(args.streams))
+        for precision, threads, ray_replicas in configs:
+            proc, port = start_server(args.model, precision == "int8", threads, max(args.streams), ray_replicas)
             live.append((proc, port, make_engine(args.model, precision == "int8", threads, max(args.streams))))
             for n in sorted(set(args.streams) | {1}):  # warm every bucket up, in the server and in the engine
                 asyncio.run(clients(port, bodies(n), True))
@@ -164,16 +173,17 @@ def main() -> None:
     finally:
         for proc, _, engine in live:
             os.kill(proc.pid, signal.SIGTERM)
-            proc.wait(60)
+            proc.wait(120)
             engine.close()
     print("  ".join(f"{k}={v}" for k, v in info.items() if k != "platform"))
     tables = []
-    for c, (precision, threads) in enumerate(configs):
+    for c, (precision, threads, ray_replicas) in enumerate(configs):
         rows = [{"streams": n, **{k: float(np.median([run[k] for run in runs[c, n]])) for k in runs[c, n][0]}}
                 for n in args.streams]
-        tables.append({"precision": precision, "threads": threads, "rows": rows})
+        tables.append({"precision": precision, "threads": threads, "ray_replicas": ray_replicas, "rows": rows})
         one = next((r for r in rows if r["streams"] == 1), rows[0])
-        print(f"\n{precision}, {threads} ONNX Runtime thread(s):")
+        print(f"\n{precision}, {threads} ONNX Runtime thread(s)"
+              + (f", on Ray Serve ({ray_replicas} replica(s)):" if ray_replicas else ":"))
         print(f"{'streams':>7} {'chars/s':>9} {'x 1 stream':>10} {'x one at a time':>15} {'engine chars/s':>14} "
               f"{'server/engine':>13} {'first p50/p99 ms':>17} {'chunk gap p50/p99 ms':>21} {'chars/chunk':>11}")
         for r in rows:

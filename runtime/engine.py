@@ -199,6 +199,11 @@ class Engine:
     def queued(self) -> int:
         return len(self.queue)
 
+    @property
+    def alive(self) -> bool:
+        """The worker thread runs: False once closed (a health check restarts what has stopped)."""
+        return self._thread.is_alive()
+
     # -- the worker -------------------------------------------------------------------------------------------
     def _run(self) -> None:
         batch = 0

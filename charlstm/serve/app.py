@@ -45,6 +45,26 @@ class Served:
     summary: dict
 
 
+def load_models(folders, config, max_streams: int = 64, max_queued: int | None = None, log=None) -> dict[str, Served]:
+    """An engine per model folder (None: the default model), keyed by manifest name; `charlstm serve` and each
+    Ray Serve replica load their models the same way."""
+    from charlstm.runtime import Generator
+    served: dict[str, Served] = {}
+    for folder in folders or [None]:
+        gen = Generator(folder, config)
+        name = gen.manifest.name
+        if name in served:
+            raise UserError(f"two models are named {name!r} ({served[name].engine.gen.manifest.dir} and "
+                            f"{gen.manifest.dir}): export one with another --name")
+        engine = Engine(gen, max_streams=max_streams, max_queued=max_queued)
+        served[name] = Served(name, engine, {**gen.manifest.summary(), "device": gen.device,
+                                             "file": gen.path.name, "max_streams": max_streams})
+        if log is not None:
+            log(f"serving {name} ({gen.manifest.dir}, {gen.path.name}) on {gen.device}"
+                + (f"; {gen.device_note}" if gen.device_note else ""))
+    return served
+
+
 class Metrics:
     def __init__(self, served: dict[str, Served]):
         self.registry = r = CollectorRegistry()
