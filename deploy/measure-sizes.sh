@@ -7,8 +7,8 @@
 # ENVIRONMENT (default: generate train):
 #   generate        the project + onnxruntime-gpu, without its [cuda,cudnn] extra
 #   generate-cuda   what the generate image installs: with [cuda,cudnn] (CUDA 13 and cuDNN wheels, large)
-#   train           the project's [train,export] extras + tensorflow, without [and-cuda]
-#   train-cuda      what the train image installs: tensorflow[and-cuda] (CUDA 12 wheels, several GB)
+#   train           the project's [train,export] extras + tensorflow and jax, without their CUDA wheels
+#   train-cuda      what the train image installs: tensorflow[and-cuda], jax[cuda12] (CUDA 12 wheels, several GB)
 # --work DIR (default: a new temporary folder) is kept so the environments can be inspected; delete it after.
 set -eu
 

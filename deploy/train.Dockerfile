@@ -1,5 +1,6 @@
 # syntax=docker/dockerfile:1
-# The train image: Keras 3 on TensorFlow 2.21 with its CUDA 12 pip packages, plus tf2onnx and onnx for
+# The train image: Keras 3 on TensorFlow 2.21 and on JAX 0.10 (KERAS_BACKEND=jax: several machines), both
+# with their CUDA 12 pip packages, plus tf2onnx and onnx for
 # `charlstm export`. ONNX Runtime here has no CUDA libraries (see deploy/install-train.sh): export verifies on
 # the CPU provider, and fast generating belongs to the generate image. Build from the repository root:
 #   docker build -f deploy/train.Dockerfile -t charlstm-train .

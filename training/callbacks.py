@@ -13,6 +13,7 @@ from charlstm.runtime.files import ensure_space
 from charlstm.runtime.manifest import SamplingDefaults
 from charlstm.training import resume, run
 from charlstm.training.config import ConfigError, TrainConfig
+from charlstm.training.distributed import alone
 from charlstm.training.model import get_weights, reset_states, sample_text
 
 TEMPERATURE = SamplingDefaults.temperature  # the progress samples use generate's default
@@ -26,9 +27,10 @@ class RunWriter(keras.callbacks.Callback):
     """After each epoch: checkpoints, history, a resume point, a sample, early stopping. Writes are atomic."""
 
     def __init__(self, run_dir: Path, tc: TrainConfig, vocab: list[str], history: list[dict], log,
-                 resumed_seconds: float = 0.0):
+                 resumed_seconds: float = 0.0, write: bool = True):
         super().__init__()
         self.run_dir, self.tc, self.vocab, self.history, self.log = run_dir, tc, vocab, history, log
+        self.write = write  # False: a group's process other than 0 keeps the loop's state but writes nothing
         self.best = min((r["val_loss"] for r in history), default=math.inf)
         self.best_epoch = min(history, key=lambda r: r["val_loss"])["epoch"] if history else 0
         self.started, self.carried = 0.0, resumed_seconds  # a resumed epoch's seconds before the kill
@@ -60,30 +62,37 @@ class RunWriter(keras.callbacks.Callback):
             raise diverged(self.run_dir, self.tc, n, None, self.best_epoch)
         row["train_bits"], row["val_bits"] = row["train_loss"] / run.LN2, row["val_loss"] / run.LN2
         self.history.append(row)
-        # An epoch writes a checkpoint, maybe the best one, and a resume point of about three weights' sizes:
-        # make sure of the room first, since HDF5 crashes the process rather than fail on a full disk.
-        weights = sum(int(np.prod(v.shape)) * 4 for v in self.model.weights)
-        ensure_space(run.epoch_checkpoint(self.run_dir, n), 6 * weights + (1 << 20))
-        with run.atomic_path(run.epoch_checkpoint(self.run_dir, n)) as tmp:
-            self.model.save_weights(tmp)
-        if row["val_loss"] < self.best:
+        better = row["val_loss"] < self.best
+        if better:
             self.best, self.best_epoch = row["val_loss"], n
-            with run.atomic_path(run.best_checkpoint(self.run_dir)) as tmp:
-                self.model.save_weights(tmp)
-        run.write_history(self.run_dir / "history.csv", self.history)
         stop = bool(self.tc.patience) and n - self.best_epoch >= self.tc.patience
-        resume.save(self.run_dir, self.model, {**self.state(), "stopped": stop, "epoch": n, "batch": 0,
-                                               "epoch_seconds": 0.0})
+        if self.write:
+            self._write(n, better, stop)
         self.log(f"epoch {n}: train {row['train_loss']:.4f}, val {row['val_loss']:.4f} nats/char "
                  f"({row['val_bits']:.3f} bits), best {self.best:.4f} at epoch {self.best_epoch}, "
                  f"{row['seconds']:.1f} s")
-        if self.tc.sample_every and n % self.tc.sample_every == 0:
+        if self.write and self.tc.sample_every and n % self.tc.sample_every == 0:
             text = sample_text(get_weights(self.model), self.vocab, self.tc.sample_prompt, 200, TEMPERATURE,
                                np.random.default_rng([self.tc.seed, n]))
             self.log(f"--- sample after epoch {n} (temperature {TEMPERATURE}) ---\n{self.tc.sample_prompt}{text}\n---")
         if stop:
             self.log(f"early stopping: no better validation loss for {self.tc.patience} epochs")
             self.model.stop_training = True
+
+    def _write(self, n: int, better: bool, stop: bool) -> None:
+        # An epoch writes a checkpoint, maybe the best one, and a resume point of about three weights' sizes:
+        # make sure of the room first, since HDF5 crashes the process rather than fail on a full disk.
+        weights = sum(int(np.prod(v.shape)) * 4 for v in self.model.weights)
+        ensure_space(run.epoch_checkpoint(self.run_dir, n), 6 * weights + (1 << 20))
+        with alone():
+            with run.atomic_path(run.epoch_checkpoint(self.run_dir, n)) as tmp:
+                self.model.save_weights(tmp)
+            if better:
+                with run.atomic_path(run.best_checkpoint(self.run_dir)) as tmp:
+                    self.model.save_weights(tmp)
+        run.write_history(self.run_dir / "history.csv", self.history)
+        resume.save(self.run_dir, self.model, {**self.state(), "stopped": stop, "epoch": n, "batch": 0,
+                                               "epoch_seconds": 0.0})
 
 
 def seed_generators(model: keras.Model) -> list:

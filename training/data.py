@@ -66,6 +66,22 @@ class Tail(keras.utils.PyDataset):
         return self.base[self.start + index]
 
 
+class Rows(keras.utils.PyDataset):
+    """This process's rows of each of `base`'s global batches, in a group (training/distributed.py). A row is the
+    same stream in every batch, so each process carries its streams' state on."""
+
+    def __init__(self, base: keras.utils.PyDataset, rows: slice):
+        super().__init__()
+        self.base, self.rows = base, rows
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int):
+        x, y = self.base[index]
+        return x[self.rows], y[self.rows]
+
+
 class SetEpoch(keras.callbacks.Callback):
     """Tells the datasets which epoch is starting, so their shuffling depends on (seed, epoch) only."""
 

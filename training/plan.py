@@ -55,8 +55,9 @@ def _differences(given: dict, stored_model: dict, stored_train: dict) -> list[st
 
 def plan(text_path, run_dir, mc_options: dict | None, tc: TrainConfig | None, given: dict | None = None,
          resume: bool = False, force: bool = False, epochs: int | None = None, init_from=None,
-         init_checkpoint: str = "best") -> Plan:
-    """Decide and check; raises ConfigError with one line naming what to type instead."""
+         init_checkpoint: str = "best", writer: bool = True) -> Plan:
+    """Decide and check; raises ConfigError with one line naming what to type instead. `writer` False: a process
+    of a group other than process 0, which writes nothing (training/distributed.py), not even a probe."""
     run_dir = Path(run_dir)
     has_run = (run_dir / "config.json").exists()
     if has_run and not (force and not resume):
@@ -87,7 +88,8 @@ def plan(text_path, run_dir, mc_options: dict | None, tc: TrainConfig | None, gi
                                   " records it: pass it with --text", "text")
         tc = dataclasses.replace(stored, epochs=total)
         tc.validate()
-        check_writable(run_dir)
+        if writer:
+            check_writable(run_dir)
         return Plan(run_dir, path, dataclasses.asdict(mc), tc, continuing=True, vocab=run.read_vocab(run_dir), mc=mc)
     if resume:
         raise ConfigError(f"nothing to resume: {run_dir} holds no run (no config.json): drop --resume to start one",
@@ -105,7 +107,8 @@ def plan(text_path, run_dir, mc_options: dict | None, tc: TrainConfig | None, gi
     if init_from is not None:
         options = _fine_tune_shape(Path(init_from), options, given or {})
     check_corpus(Path(text_path), tc)
-    check_writable(run_dir)  # a read-only folder or a full disk fails now, not after the first epoch
+    if writer:
+        check_writable(run_dir)  # a read-only folder or a full disk fails now, not after the first epoch
     return Plan(run_dir, Path(text_path), options, tc, continuing=False, replace=has_run,
                 init_from=None if init_from is None else Path(init_from), init_checkpoint=init_checkpoint)
 

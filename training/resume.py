@@ -25,6 +25,7 @@ import numpy as np
 
 from charlstm.runtime.files import atomic_path, ensure_space, sha256_file, write_json
 from charlstm.training.config import ConfigError
+from charlstm.training.distributed import alone
 
 KEEP = 2  # resume points kept: the newest, and the one before in case the newest is damaged
 POINT = re.compile(r"(\d{6})\.json")
@@ -53,6 +54,11 @@ def points(run_dir: Path) -> list[int]:
 
 def save(run_dir: Path, model: keras.Model, state: dict) -> Path:
     """Write a new point with `state` (position and loop state); keep the two newest. Returns its .json."""
+    with alone():  # in a group, only process 0 writes
+        return _save(run_dir, model, state)
+
+
+def _save(run_dir: Path, model: keras.Model, state: dict) -> Path:
     sync(model)
     folder = Path(run_dir) / "resume"
     number = (points(run_dir) or [0])[-1] + 1

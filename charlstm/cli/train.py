@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import traceback
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from charlstm.cli.output import user_errors
+from charlstm.cli.output import message, user_errors
+from charlstm.errors import UserError
+
+FLAGS = {"out": "--out", "text": "--text", "init_from": "--init-from", "resume": "--resume"}
 
 
 class Preset(str, Enum):
@@ -52,14 +58,19 @@ def train(
     init_from: Annotated[Optional[Path], typer.Option(metavar="RUN_DIR", help="Fine-tune: start from this run's weights and model shape; the new text's unseen characters get new rows.")] = None,
     checkpoint: Annotated[str, typer.Option(help="With --init-from: best, last, or a .weights.h5 file of that run.")] = "best",
     quiet: Annotated[bool, typer.Option(help="No progress bar (epoch summaries still go to stderr).")] = False,
+    coordinator: Annotated[Optional[str], typer.Option(metavar="HOST:PORT", help="Train as one process of a group, one per machine (KERAS_BACKEND=jax): process 0's address and a free port, the same on every process. Default: $JAX_COORDINATOR_ADDRESS.", show_default=False)] = None,
+    num_processes: Annotated[Optional[int], typer.Option(help="With --coordinator: processes in the group; --batch-size is split among them. Default: $JAX_NUM_PROCESSES.", show_default=False)] = None,
+    process_id: Annotated[Optional[int], typer.Option(help="With --coordinator: this process, 0 to N-1; process 0 alone writes --out, which must be on a filesystem every machine shares. Default: $JAX_PROCESS_ID.", show_default=False)] = None,
 ) -> None:
     """Train a character-level LSTM on a UTF-8 text and write a self-describing run folder.
 
     Run again, the same command continues the run in --out from its last resume point (at most --save-every
     batches back), as a preemptible job's scheduler reruns it: a flag that differs from the run's settings is
-    refused, naming both values; --force starts a new run there instead.
+    refused, naming both values; --force starts a new run there instead. With --coordinator, the same command on
+    every machine (but --process-id) trains one run as a group (docs/training.md).
     """
-    with user_errors({"out": "--out", "text": "--text", "init_from": "--init-from", "resume": "--resume"}):
+    with user_errors(FLAGS):
+        from charlstm.training import distributed
         from charlstm.training import run as run_folder
         from charlstm.training.config import PRESETS, TrainConfig, split_options
         from charlstm.training.plan import plan
@@ -81,14 +92,42 @@ def train(
         model_options, train_options = split_options(options)
         settings = dict(given=given, resume=resume, force=force, init_from=init_from, init_checkpoint=checkpoint)
         # Checked before importing Keras (seconds): a refused flag or a held folder is told at once.
-        plan(text, out, model_options, TrainConfig(**train_options), **settings)
-        run_folder.check_unlocked(out)
+        group = distributed.parse(coordinator, num_processes, process_id)
+        p = plan(text, out, model_options, TrainConfig(**train_options), writer=group.is_writer, **settings)
+        distributed.check_plan(group, p.tc)
+        if group.is_writer:
+            run_folder.check_unlocked(out)
+        distributed.check_address(group)
+        distributed.watch_stderr(group)
         from charlstm.cli.extras import require_keras
         require_keras("train")
         from charlstm.training.train import train as run_training
-        summary = run_training(text, out, model_options, TrainConfig(**train_options), save_every=save_every,
-                               verbose=0 if quiet else 1, **settings)
+        try:
+            summary = run_training(text, out, model_options, TrainConfig(**train_options), save_every=save_every,
+                                   verbose=0 if quiet else 1, group=group, **settings)
+        except BaseException as e:
+            if group.active:
+                _leave(e)
+            raise
+        if not group.is_writer:
+            typer.echo(f"process {group.process_id}: ", err=True, nl=False)
         typer.echo(f"best validation loss {summary['best_val_loss']:.4f} nats/char at epoch "
                    f"{summary['best_epoch']} of {summary['epochs']}; run folder {summary['run_dir']}"
                    if summary["best_epoch"] else f"no epoch finished; run folder {summary['run_dir']}", err=True)
 
+
+
+def _leave(e: BaseException) -> None:
+    """A process of a group that fails leaves at once: JAX's exit handler would wait minutes at its shutdown
+    barrier for processes that are gone, or stuck in a collective that waits for this one."""
+    if isinstance(e, UserError):
+        print(f"error: {message(e, FLAGS)}", file=sys.stderr)
+        code = e.exit_code
+    elif isinstance(e, KeyboardInterrupt):
+        code = 130
+    else:  # a bug: its traceback
+        traceback.print_exception(e)
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
