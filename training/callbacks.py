@@ -84,15 +84,15 @@ class RunWriter(keras.callbacks.Callback):
         # make sure of the room first, since HDF5 crashes the process rather than fail on a full disk.
         weights = sum(int(np.prod(v.shape)) * 4 for v in self.model.weights)
         ensure_space(run.epoch_checkpoint(self.run_dir, n), 6 * weights + (1 << 20))
-        with alone():
+        with alone():  # in a group, this process writes alone (training/distributed.py)
             with run.atomic_path(run.epoch_checkpoint(self.run_dir, n)) as tmp:
                 self.model.save_weights(tmp)
             if better:
                 with run.atomic_path(run.best_checkpoint(self.run_dir)) as tmp:
                     self.model.save_weights(tmp)
-        run.write_history(self.run_dir / "history.csv", self.history)
-        resume.save(self.run_dir, self.model, {**self.state(), "stopped": stop, "epoch": n, "batch": 0,
-                                               "epoch_seconds": 0.0})
+            run.write_history(self.run_dir / "history.csv", self.history)
+            resume.save(self.run_dir, self.model, {**self.state(), "stopped": stop, "epoch": n, "batch": 0,
+                                                   "epoch_seconds": 0.0})
 
 
 def seed_generators(model: keras.Model) -> list:

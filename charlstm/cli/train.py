@@ -116,7 +116,6 @@ def train(
                    if summary["best_epoch"] else f"no epoch finished; run folder {summary['run_dir']}", err=True)
 
 
-
 def _leave(e: BaseException) -> None:
     """A process of a group that fails leaves at once: JAX's exit handler would wait minutes at its shutdown
     barrier for processes that are gone, or stuck in a collective that waits for this one."""
