@@ -26,16 +26,26 @@ class DropConnectCell(keras.layers.LSTMCell):
         if self.dropped is None:
             return super().call(inputs, states, training)
         h_tm1, c_tm1 = states
-        if training and 0.0 < self.dropout < 1.0:
-            inputs = inputs * self.get_dropout_mask(inputs)
-        if training and 0.0 < self.recurrent_dropout < 1.0:
-            h_tm1 = h_tm1 * self.get_recurrent_dropout_mask(h_tm1)
-        z = keras.ops.matmul(inputs, self.kernel) + keras.ops.matmul(h_tm1, self.dropped)
-        if self.use_bias:
-            z = z + self.bias
-        c, o = self._compute_carry_and_output_fused(keras.ops.split(z, 4, axis=1), c_tm1)
+        x_mask = self.get_dropout_mask(inputs) if training and 0.0 < self.dropout < 1.0 else None
+        h_mask = self.get_recurrent_dropout_mask(h_tm1) if training and 0.0 < self.recurrent_dropout < 1.0 else None
+        if x_mask is None and h_mask is None:
+            z = keras.ops.split(keras.ops.matmul(inputs, self.kernel) + keras.ops.matmul(h_tm1, self.dropped)
+                                + (self.bias if self.use_bias else 0.0), 4, axis=1)
+        else:  # Keras' cells draw one mask per gate (i, f, c, o), as its own LSTMCell applies them
+            xs, hs = _per_gate(inputs, x_mask), _per_gate(h_tm1, h_mask)
+            kernels, recurrent = keras.ops.split(self.kernel, 4, axis=1), keras.ops.split(self.dropped, 4, axis=1)
+            biases = keras.ops.split(self.bias, 4, axis=0) if self.use_bias else [0.0] * 4
+            z = [keras.ops.matmul(xs[g], kernels[g]) + keras.ops.matmul(hs[g], recurrent[g]) + biases[g]
+                 for g in range(4)]
+        c, o = self._compute_carry_and_output_fused(z, c_tm1)
         h = o * self.activation(c)
         return h, [h, c]
+
+
+def _per_gate(x, mask) -> list:
+    if mask is None:
+        return [x] * 4
+    return [x * m for m in mask] if isinstance(mask, (list, tuple)) else [x * mask] * 4
 
 
 @keras.saving.register_keras_serializable(package="charlstm")
@@ -64,7 +74,8 @@ class LSTM(keras.layers.LSTM):
             return super().inner_loop(sequences, initial_state, mask, training=training)
         # One mask for the whole batch of sequences, as AWD-LSTM draws it; the kernel itself is unchanged, so
         # inference (and the exported graph) uses the trained weights as they are.
-        dropped = keras.random.dropout(self.cell.recurrent_kernel, self.weight_drop, seed=self.weight_drop_seed)
+        dropped = keras.random.dropout(keras.ops.convert_to_tensor(self.cell.recurrent_kernel), self.weight_drop,
+                                       seed=self.weight_drop_seed)  # a tensor: JAX cannot take the Variable
         if self.use_cudnn in ("auto", True) and not self.recurrent_dropout:
             try:  # the backend's fused kernel (cuDNN on a GPU), given the masked recurrent kernel
                 if self.dropout:
