@@ -1,6 +1,7 @@
 """Training that survives preemption: the same command continues a run, a SIGKILL mid-epoch loses only the
 batches since the last resume point and the resumed run ends where an uninterrupted one ends (TensorFlow and
-JAX), a second trainer on the folder is refused, and fine-tuning starts from another run's weights."""
+JAX), a second trainer on the folder is refused, and fine-tuning starts from another run's weights or from an
+exported model folder's."""
 
 from __future__ import annotations
 
@@ -147,9 +148,9 @@ def test_sigkill_mid_epoch_then_the_same_command_ends_where_an_uninterrupted_run
     # JAX compiles the training step in every process: its persistent cache lets the restarts reuse it
     env = {"KERAS_BACKEND": backend, "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax-cache"),
            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
-    epochs = ["--epochs", "2", "--save-every", "7"]
+    epochs = ["--epochs", "2", "--save-every", "7", "--weight-drop", "0.2"]  # with recurrent dropout too
     if backend == "tensorflow":  # this process runs TensorFlow: the reference needs no process of its own
-        library_train(corpus_path, tmp_path / "straight", {"epochs": 2}, save_every=7)
+        library_train(corpus_path, tmp_path / "straight", {"epochs": 2, "weight_drop": 0.2}, save_every=7)
     else:
         straight = run_cli(*train_args(corpus_path, tmp_path / "straight", *epochs), env=env)
         assert straight.returncode == 0, straight.stderr[-2000:]
@@ -188,28 +189,78 @@ def test_a_second_trainer_is_refused_and_a_stale_lock_is_taken_over(tmp_path, co
 
 
 @pytest.mark.slow
-def test_fine_tuning_grows_the_vocabulary_and_records_its_source(tmp_path, tiny_run, corpus_path):
+def test_fine_tuning_a_model_folder_grows_the_vocabulary_and_the_same_command_continues(tmp_path, tiny_model,
+                                                                                      corpus_path):
+    """The source is an exported model folder (what a user of the shipped model has); the run folder behind it
+    is not needed. Rerun, the same command continues the fine-tune instead of refusing its --out."""
     new_text = tmp_path / "nuevo.txt"
     new_text.write_text(("¿QUIÉN es? ¡El rey, señor!\n" + corpus_path.read_text(encoding="utf-8")[:3000]) * 2,
                         encoding="utf-8")
     out = tmp_path / "tuned"
-    result = run_cli("train", "--text", str(new_text), "--out", str(out), "--init-from", str(tiny_run),
-                     "--epochs", "1", "--batch-size", "8", "--seq-length", "24", "--quiet")
+    args = ["train", "--text", str(new_text), "--out", str(out), "--init-from", str(tiny_model), "--epochs", "1",
+            "--batch-size", "8", "--seq-length", "24", "--quiet"]
+    result = run_cli(*args)
     assert result.returncode == 0, result.stderr[-2000:]
-    old, new = run.read_vocab(tiny_run), run.read_vocab(out)
+    old, new = json.loads((tiny_model / "model.json").read_text())["vocab"], run.read_vocab(out)
     added = sorted(set(new_text.read_text(encoding="utf-8")) - set(old))
     assert {"¿", "¡", "É", "ñ"} <= set(added) and new == old + added
     assert f"{len(added)} character(s) new to the source vocabulary" in result.stderr and "'¿'" in result.stderr
     cfg = json.loads((out / "config.json").read_text())
     source = cfg["init_from"]
-    assert source["run"] == tiny_run.name and len(source["checkpoint_sha256"]) == 64 and source["config"]["model"]
+    assert source["checkpoint"] == "model.onnx" and len(source["checkpoint_sha256"]) == 64
     assert cfg["model"]["units"] == 32 and cfg["train"]["learning_rate"] == 5e-4  # the source's shape, finetune
-    refused = run_cli("train", "--text", str(new_text), "--out", str(tmp_path / "x"), "--init-from", str(tiny_run),
-                      "--units", "64")
+    again = run_cli(*args)
+    assert again.returncode == 0 and "already has 1 epochs" in again.stderr, again.stderr[-2000:]
+    refused = run_cli("train", "--text", str(new_text), "--out", str(tmp_path / "x"), "--init-from",
+                      str(tiny_model), "--units", "64")
     assert refused.returncode == 2 and "--units 64 differs from the source run's 32" in refused.stderr
     missing = run_cli("train", "--text", str(new_text), "--out", str(tmp_path / "y"), "--init-from",
                       str(tmp_path / "nowhere"))
-    assert missing.returncode == 2 and "is not a run folder" in missing.stderr
+    assert missing.returncode == 2 and "is neither a run folder (config.json) nor a model folder" in missing.stderr
+
+
+def test_a_model_folder_source_starts_the_keras_model_where_its_graph_is(tiny_model2):
+    """model.onnx's numbers, found by walking the graph, with layer 0's folded table factored back into an
+    embedding (here narrower than the vocabulary), give Keras the logits ONNX Runtime computes."""
+    import keras
+    import onnxruntime as ort
+
+    from charlstm.runtime.manifest import load_manifest
+    from charlstm.training import finetune
+    from charlstm.training.config import ModelConfig
+    from charlstm.training.model import build_model
+    m = load_manifest(tiny_model2)
+    assert m.embedding_dim < len(m.vocab)
+    vocab, added = finetune.merged_vocab(list(m.vocab), "\u00fc")
+    model = build_model(ModelConfig(vocab_size=len(vocab), embedding_dim=m.embedding_dim, units=m.units,
+                                    layers=m.layers))
+    record = finetune.initialise(model, tiny_model2, "best", vocab)
+    assert record["checkpoint"] == "model.onnx" and record["added_characters"] == added == ["\u00fc"]
+    ids = np.random.default_rng(1).integers(0, len(m.vocab), 48)
+    expected = keras.ops.convert_to_numpy(model(ids[None].astype("int32"), training=False))[0, :, :len(m.vocab)]
+    session = ort.InferenceSession(str(tiny_model2 / "model.onnx"), providers=["CPUExecutionProvider"])
+    h = np.zeros((m.layers, 1, m.units), np.float32)
+    c = h.copy()
+    for t, token in enumerate(ids):
+        logits, h, c = session.run(None, {"token": np.array([token], np.int64), "h": h, "c": c})
+        np.testing.assert_allclose(expected[t], logits[0], atol=1e-4)
+
+
+def test_drop_connect_applies_keras_own_per_gate_recurrent_dropout():
+    """With recurrent dropout Keras' LSTMCell draws a mask per gate; the DropConnect cell applies the same masks,
+    so with its kernel kept whole it steps exactly as Keras' cell does."""
+    import keras
+
+    from charlstm.training.model import DropConnectCell
+    cell = DropConnectCell(8, recurrent_dropout=0.4, dropout=0.3, seed=3)
+    x, h = np.random.default_rng(0).normal(size=(2, 5)).astype("float32"), np.ones((2, 8), "float32")
+    cell.build((2, 5))
+    cell.dropped = keras.ops.convert_to_tensor(cell.recurrent_kernel)
+    ours, _ = cell.call(x, [h, h], training=True)  # draws and caches the masks
+    cell.dropped = None
+    theirs, _ = cell.call(x, [h, h], training=True)  # Keras' own step, the same cached masks
+    assert isinstance(cell.get_recurrent_dropout_mask(h), list)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(ours), keras.ops.convert_to_numpy(theirs), atol=1e-6)
 
 
 def test_fine_tuning_keeps_the_source_rows(tiny_run, tmp_path):

@@ -17,7 +17,7 @@ from pathlib import Path
 from charlstm.runtime import text as text_io
 from charlstm.runtime.files import check_writable, sha256_file
 from charlstm.training.corpus import count_batches
-from charlstm.training import run
+from charlstm.training import finetune, run
 from charlstm.training.config import ConfigError, ModelConfig, TrainConfig, from_dict
 
 SHAPE = ("vocab_size", "embedding_dim", "units", "layers")  # what fine-tuning takes from the source run
@@ -35,6 +35,7 @@ class Plan:
     mc: ModelConfig | None = None  # a continued run's stored shape
     init_from: Path | None = None  # fine-tuning: the source run folder
     init_checkpoint: str = "best"
+    fine_tuned: bool = False  # continuing a fine-tune: without a resume point it starts again from init_from
 
 
 def flag(name: str) -> str:
@@ -61,10 +62,11 @@ def plan(text_path, run_dir, mc_options: dict | None, tc: TrainConfig | None, gi
     run_dir = Path(run_dir)
     has_run = (run_dir / "config.json").exists()
     if has_run and not (force and not resume):
-        if init_from is not None:
-            raise ConfigError(f"{run_dir} already holds a run, which --init-from cannot continue: choose another "
-                              "--out for the fine-tuned run, or pass --force to replace this one", "init_from")
         cfg = run.read_config(run_dir)
+        if init_from is not None and not _same_source(cfg, Path(init_from), init_checkpoint):
+            raise ConfigError(f"{run_dir} already holds a run that was not fine-tuned from {init_from} "
+                              f"(--checkpoint {init_checkpoint}): choose another --out for this fine-tune, or pass "
+                              "--force to replace that run", "init_from")
         stored_train = cfg["train"]
         if given is None:  # a library call with whole configs: all of them must match
             given = {**(mc_options or {}), **({k: v for k, v in dataclasses.asdict(tc).items()} if tc else {})}
@@ -90,7 +92,9 @@ def plan(text_path, run_dir, mc_options: dict | None, tc: TrainConfig | None, gi
         tc.validate()
         if writer:
             check_writable(run_dir)
-        return Plan(run_dir, path, dataclasses.asdict(mc), tc, continuing=True, vocab=run.read_vocab(run_dir), mc=mc)
+        source, source_checkpoint = _recorded_source(cfg, init_from, init_checkpoint)
+        return Plan(run_dir, path, dataclasses.asdict(mc), tc, continuing=True, vocab=run.read_vocab(run_dir), mc=mc,
+                    init_from=source, init_checkpoint=source_checkpoint, fine_tuned=bool(cfg.get("init_from")))
     if resume:
         raise ConfigError(f"nothing to resume: {run_dir} holds no run (no config.json): drop --resume to start one",
                           "resume")
@@ -113,9 +117,27 @@ def plan(text_path, run_dir, mc_options: dict | None, tc: TrainConfig | None, gi
                 init_from=None if init_from is None else Path(init_from), init_checkpoint=init_checkpoint)
 
 
+def _same_source(cfg: dict, source: Path, checkpoint: str) -> bool:
+    """The run was fine-tuned from these very weights (by sha256), so the same command continues it."""
+    recorded = (cfg.get("init_from") or {}).get("checkpoint_sha256")
+    return bool(recorded) and sha256_file(finetune.source(source, checkpoint)[2]) == recorded
+
+
+def _recorded_source(cfg: dict, init_from, checkpoint: str) -> tuple[Path | None, str]:
+    """A continued fine-tune's source, in case it has no resume point yet and must start again from it: the one
+    given (already checked to be the same weights), else the one config.json records, if still there."""
+    record = cfg.get("init_from")
+    if not record:
+        return None, checkpoint
+    if init_from is not None:
+        return Path(init_from), checkpoint
+    path = record.get("path")
+    return (Path(path), record.get("checkpoint_arg", "best")) if path and Path(path).exists() else (None, checkpoint)
+
+
 def _fine_tune_shape(source: Path, options: dict, given: dict) -> dict:
     """A fine-tune takes its model's shape from the source run; a shape flag that differs is refused."""
-    cfg = run.read_config(source)
+    cfg = finetune.source_config(source)
     stored = cfg["model"]
     differ = [f"{flag(k)} {given[k]!r} differs from the source run's {stored[k]!r}" for k in SHAPE
               if k in given and given[k] != stored[k]]

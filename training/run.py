@@ -127,7 +127,10 @@ def corpus_record(cfg: dict) -> dict:
 
 def portable_config(cfg: dict) -> dict:
     """config.json without machine paths, for a model folder that may be copied anywhere."""
-    return {**cfg, "corpus": corpus_record(cfg)}
+    out = {**cfg, "corpus": corpus_record(cfg)}
+    if isinstance(cfg.get("init_from"), dict):
+        out["init_from"] = {k: v for k, v in cfg["init_from"].items() if k != "path"}
+    return out
 
 
 def write_history(path: Path, rows: list[dict]) -> None:

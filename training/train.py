@@ -95,7 +95,7 @@ def _train(p: Plan, save_every: int, verbose: int, log, group: Group) -> dict:
     run_dir, tc = p.run_dir, p.tc
     text = text_io.read_text(p.text_path, keep_newlines=tc.keep_newlines)
     vocab, added = p.vocab, []
-    if p.init_from is not None:
+    if p.init_from is not None and not p.continuing:
         vocab, added = finetune.merged_vocab(finetune.source(p.init_from, p.init_checkpoint)[1], text)
     text, vocab, train_ds, val_ds = _prepare(p.text_path, tc, vocab)
     mc = p.mc or ModelConfig(vocab_size=len(vocab), **{k: v for k, v in p.mc_options.items() if k != "vocab_size"})
@@ -127,7 +127,10 @@ def _train(p: Plan, save_every: int, verbose: int, log, group: Group) -> dict:
                 log(f"run {run_dir} already stopped early at epoch {len(history)}: nothing to do")
                 return _summary(run_dir, history)
         init = None
-        if p.init_from is not None:
+        if p.fine_tuned and point is None and p.init_from is None:
+            raise ConfigError(f"{run_dir} is a fine-tune with no resume point yet, and its source is not where "
+                              "config.json records it: pass --init-from SOURCE again", "init_from")
+        if p.init_from is not None and point is None:  # a fine-tune killed before its first resume point, too
             init = finetune.initialise(model, p.init_from, p.init_checkpoint, vocab)
             log(f"fine-tuning from {p.init_from} ({init['checkpoint']}, epoch {init['epoch']}); "
                 + finetune.new_characters_note(added))
