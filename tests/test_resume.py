@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -211,6 +212,10 @@ def test_fine_tuning_a_model_folder_grows_the_vocabulary_and_the_same_command_co
     assert cfg["model"]["units"] == 32 and cfg["train"]["learning_rate"] == 5e-4  # the source's shape, finetune
     again = run_cli(*args)
     assert again.returncode == 0 and "already has 1 epochs" in again.stderr, again.stderr[-2000:]
+    shutil.rmtree(out / "resume")  # as if killed before its first resume point: it starts over from the source
+    over = run_cli(*args)
+    assert over.returncode == 0, over.stderr[-2000:]
+    assert f"{len(added)} character(s) new to the source vocabulary" in over.stderr and run.read_vocab(out) == new
     refused = run_cli("train", "--text", str(new_text), "--out", str(tmp_path / "x"), "--init-from",
                       str(tiny_model), "--units", "64")
     assert refused.returncode == 2 and "--units 64 differs from the source run's 32" in refused.stderr

@@ -94,9 +94,9 @@ def train(text_path: str | Path | None, run_dir: str | Path, mc_options: dict | 
 def _train(p: Plan, save_every: int, verbose: int, log, group: Group) -> dict:
     run_dir, tc = p.run_dir, p.tc
     text = text_io.read_text(p.text_path, keep_newlines=tc.keep_newlines)
-    vocab, added = p.vocab, []
+    vocab = p.vocab
     if p.init_from is not None and not p.continuing:
-        vocab, added = finetune.merged_vocab(finetune.source(p.init_from, p.init_checkpoint)[1], text)
+        vocab, _ = finetune.merged_vocab(finetune.source(p.init_from, p.init_checkpoint)[1], text)
     text, vocab, train_ds, val_ds = _prepare(p.text_path, tc, vocab)
     mc = p.mc or ModelConfig(vocab_size=len(vocab), **{k: v for k, v in p.mc_options.items() if k != "vocab_size"})
     mc.validate()
@@ -133,7 +133,7 @@ def _train(p: Plan, save_every: int, verbose: int, log, group: Group) -> dict:
         if p.init_from is not None and point is None:  # a fine-tune killed before its first resume point, too
             init = finetune.initialise(model, p.init_from, p.init_checkpoint, vocab)
             log(f"fine-tuning from {p.init_from} ({init['checkpoint']}, epoch {init['epoch']}); "
-                + finetune.new_characters_note(added))
+                + finetune.new_characters_note(init["added_characters"]))  # restarted too: vocab.json's
     if group.is_writer and not p.continuing:  # in a group the run folder is process 0's alone
         if p.replace:
             _clear(run_dir)
