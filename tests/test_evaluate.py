@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -21,6 +22,8 @@ def test_model_and_run_agree(tiny_run, tiny_model, corpus_path, split):
     assert a["characters"] == b["characters"] > 1000
     assert abs(a["nats_per_char"] - b["nats_per_char"]) <= 0.005
     assert a["bits_per_char"] == pytest.approx(a["nats_per_char"] / 0.6931471805599453)
+    # The run's corpus is named as a user would write it, not through the run folder and back out of it
+    assert Path(b["text"]).samefile(corpus_path) and ".." not in Path(b["text"]).parts
 
 
 def test_int8_close_to_float(tiny_model2, corpus_path):

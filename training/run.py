@@ -21,6 +21,7 @@ import csv
 import io
 import json
 import math
+import os
 import re
 import shutil
 import time
@@ -114,7 +115,12 @@ def corpus_path(run_dir: Path, cfg: dict) -> Path | None:
     if not recorded:
         return None
     path = Path(run_dir) / recorded
-    return path if path.is_file() else None
+    if not path.is_file():
+        return None
+    # Shown to users and stored in evaluate's JSON: `../shared/x.txt`, not `runs/r/../../../shared/x.txt`,
+    # unless a symlinked folder makes the lexical form point elsewhere.
+    short = Path(os.path.normpath(path))
+    return short if short.is_file() and os.path.samefile(short, path) else path
 
 
 def corpus_record(cfg: dict) -> dict:
