@@ -71,7 +71,8 @@ class Server:
             return self.proc.wait()
 
 
-def wait_for(condition, timeout: float = 30, every: float = 0.05) -> bool:
+def wait_for(condition, timeout: float = 120, every: float = 0.05) -> bool:
+    """Whether `condition()` became true within `timeout` seconds (generous: it returns as soon as it is)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():

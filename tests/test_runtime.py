@@ -230,19 +230,29 @@ def test_the_spinning_signal_sees_a_busy_process_but_not_an_exited_one(tmp_path)
 
     from charlstm.runtime.spinning import runnable_elsewhere
     import time
-    before = runnable_elsewhere(samples=20)
-    if before is None:
+    if runnable_elsewhere(samples=1) is None:
         pytest.skip("no /proc/loadavg on this system")
-    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-    try:
-        time.sleep(0.3)
-        during = runnable_elsewhere(samples=20)
-    finally:
-        busy.kill()
-        busy.wait()
-    time.sleep(0.2)
-    after = runnable_elsewhere(samples=20)
-    assert during >= before + 0.5 and after <= during - 0.5, (before, during, after)
+
+    def measure() -> tuple[float, float, float]:
+        before = runnable_elsewhere(samples=20)
+        busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        try:
+            time.sleep(0.3)
+            during = runnable_elsewhere(samples=20)
+        finally:
+            busy.kill()
+            busy.wait()
+        time.sleep(0.2)
+        return before, during, runnable_elsewhere(samples=20)
+
+    # other work on the machine (a CI neighbour, a training run) moves the count too: one clean try of five
+    def clean(before: float, during: float, after: float) -> bool:
+        return during >= before + 0.5 and after <= during - 0.5
+
+    tries = [measure()]
+    while not clean(*tries[-1]) and len(tries) < 5:
+        tries.append(measure())
+    assert clean(*tries[-1]), tries
 
 
 def test_spinning_or_not_the_text_is_the_same(model_dir, gen):

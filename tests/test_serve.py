@@ -174,7 +174,7 @@ def test_health_and_metrics(server):
 def test_a_client_that_goes_away_frees_its_row(server):
     status, events, _ = sse(server, {"prompt": "A", "max_tokens": 1_000_000, "seed": 1}, stop_after=3)
     assert status == 200 and len(events) == 3
-    assert wait_for(lambda: server.metric("charlstm_active_streams") == 0, timeout=30)
+    assert wait_for(lambda: server.metric("charlstm_active_streams") == 0)
     ok, body = server.request("POST", "/v1/completions", {"prompt": "A", "max_tokens": 3})  # others unharmed
     assert ok == 200 and len(body["choices"][0]["text"]) == 3
 
@@ -201,8 +201,8 @@ def test_api_key_and_a_full_queue(model_dir):
         assert status == 429 and "busy" in body["error"]["message"]
     finally:
         started = time.monotonic()
-        assert s.stop() == 0  # SIGTERM: the held stream is cut when the 1 s grace period ends
-        assert time.monotonic() - started < 30
+        assert s.stop(timeout=300) == 0  # SIGTERM: the held stream is cut when the 1 s grace period ends
+        assert time.monotonic() - started < 120  # not the hour its 1,000,000 characters would take
         holder.join(timeout=60)
 
 
@@ -217,9 +217,15 @@ def test_sigterm_lets_streams_finish_refuses_new_ones_and_exits_0(model_dir):
     reader.start()
     assert wait_for(lambda: s.metric("charlstm_active_streams") == 1)
     s.proc.send_signal(signal.SIGTERM)
-    time.sleep(0.5)
-    with pytest.raises(OSError):  # no longer accepting
-        http.client.HTTPConnection("127.0.0.1", s.port, timeout=5).request("GET", "/healthz")
+
+    def refused() -> bool:
+        try:
+            http.client.HTTPConnection("127.0.0.1", s.port, timeout=5).request("GET", "/healthz")
+        except OSError:
+            return True
+        return False
+
+    assert wait_for(refused), "still accepting connections after SIGTERM"  # while the stream goes on
     reader.join(timeout=300)
     status, events, _ = result["sse"]
     assert status == 200 and events[-1] == "[DONE]"
