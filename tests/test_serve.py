@@ -148,7 +148,7 @@ def test_32_concurrent_seeded_requests_each_write_their_alone_text(server, alone
     ({"prompt": "A", "model": "nope"}, 404, "model", "not served here"),
     ({"prompt": "A" * 10_001}, 413, "prompt", "10,001 characters"),
     (b"x" * ((1 << 20) + 1), 413, None, "bytes"),
-    (b"x" * (12 << 20), 413, None, "bytes"),  # more than the sockets buffer: refused unread, it was reset
+    (b"x" * (12 << 20), 413, None, "bytes"),  # more than the sockets hold: answered unread, it was reset
 ])
 def test_bad_requests_get_one_json_error_with_the_right_status(server, body, status, param, words):
     got, error = server.request("POST", "/v1/completions", body)

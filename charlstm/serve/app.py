@@ -147,24 +147,19 @@ class Server:
 
     async def body(self, request: Request) -> bytes:
         declared = request.headers.get("content-length")
-        too_large = None
-        if declared and declared.isdigit() and int(declared) > self.limits.max_body:
-            too_large = APIError(413, f"the request body has {int(declared):,} bytes, more than this server's "
-                                      f"{self.limits.max_body:,}", None, "body_too_large")
-            if int(declared) > DRAIN_LIMIT:
-                raise too_large
+        declared = int(declared) if declared and declared.isdigit() else None
         chunks, size = [], 0
-        async for part in request.stream():
-            size += len(part)
-            if too_large is None and size > self.limits.max_body:
-                too_large = APIError(413, f"the request body is over this server's {self.limits.max_body:,} "
-                                          "bytes", None, "body_too_large")
-            if too_large is None:
-                chunks.append(part)
-            elif size > DRAIN_LIMIT:
-                break
-        if too_large is not None:
-            raise too_large
+        if declared is None or declared <= DRAIN_LIMIT:
+            async for part in request.stream():
+                size += len(part)
+                if size > DRAIN_LIMIT:
+                    break
+                if size <= self.limits.max_body:
+                    chunks.append(part)
+        if max(size, declared or 0) > self.limits.max_body:
+            said = f"has {declared:,} bytes, more than" if declared else "is over"
+            raise APIError(413, f"the request body {said} this server's {self.limits.max_body:,} bytes", None,
+                           "body_too_large")
         return b"".join(chunks)
 
 
