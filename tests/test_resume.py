@@ -306,3 +306,42 @@ def test_weight_drop_trains_resumes_exactly_and_exports_the_same_contract(tmp_pa
     _export(tmp_path / "run", tmp_path / "model")  # traced and checked against Keras as `charlstm export` does
     manifest = json.loads((tmp_path / "model" / "model.json").read_text())
     assert manifest["inputs"] == {"token": "token", "h": "h", "c": "c"} and manifest["export"]["parity"]["greedy_match"]
+
+
+def test_embedding_dropout_drops_whole_characters_for_a_batch_and_leaves_inference_alone():
+    """--embedding-dropout (AWD-LSTM's dropoute): while training, every occurrence of a dropped character in the
+    batch is zero and the kept ones are scaled by 1 / (1 - rate); outside training the layer is a plain lookup."""
+    import keras
+    from charlstm.training.config import ModelConfig
+    from charlstm.training.model import build_model
+    keras.utils.set_random_seed(5)
+    model = build_model(ModelConfig(vocab_size=12, embedding_dim=4, units=8, embedding_dropout=0.5))
+    layer = model.get_layer("embedding")
+    ids = np.tile(np.arange(12, dtype="int32"), (3, 4))  # every character, 4 times in each of 3 rows
+    table = keras.ops.convert_to_numpy(layer.embeddings)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer(ids)), table[ids])
+    ratio = keras.ops.convert_to_numpy(layer(ids, training=True)) / table[ids]
+    per_char = ratio[..., 0].reshape(3, 4, 12)
+    assert np.all(per_char == per_char[0, 0])  # one mask for the whole batch, over characters
+    np.testing.assert_allclose(ratio, per_char[0, 0][ids][..., None].repeat(4, axis=-1))
+    assert set(np.unique(per_char)) == {0.0, 2.0}
+
+
+def test_embedding_and_input_dropout_train_resume_exactly_and_export_the_same_contract(tmp_path, corpus_path):
+    """--embedding-dropout and --input-dropout: they change training, a resumed run equals a straight one, and
+    the export's graph and parity check are those of any run."""
+    pytest.importorskip("tf2onnx", reason="the `export` extra is not installed")
+    options = {"epochs": 2, "embedding_dropout": 0.2, "input_dropout": 0.3}
+    library_train(corpus_path, tmp_path / "plain", {"epochs": 1})
+    library_train(corpus_path, tmp_path / "straight", options)
+    library_train(corpus_path, tmp_path / "run", {**options, "epochs": 1})
+    library_train(corpus_path, tmp_path / "run", options)
+    same_run(tmp_path / "straight", tmp_path / "run", 2)
+    plain, dropped = run.read_history(tmp_path / "plain" / "history.csv"), run.read_history(tmp_path / "run" / "history.csv")
+    assert plain[0]["train_loss"] != pytest.approx(dropped[0]["train_loss"], abs=1e-4)  # the masks did something
+    config = json.loads((tmp_path / "run" / "config.json").read_text())["model"]
+    assert (config["embedding_dropout"], config["input_dropout"]) == (0.2, 0.3)
+    from tests.conftest import _export
+    _export(tmp_path / "run", tmp_path / "model")  # traced and checked against Keras as `charlstm export` does
+    manifest = json.loads((tmp_path / "model" / "model.json").read_text())
+    assert manifest["inputs"] == {"token": "token", "h": "h", "c": "c"} and manifest["export"]["parity"]["greedy_match"]

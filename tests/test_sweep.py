@@ -42,3 +42,19 @@ def test_two_recipes_one_table(tmp_path):
 def test_a_bad_recipe_is_one_line(tmp_path):
     done = sweep("--text", str(tmp_path), "--out", str(tmp_path / "o"), "--recipe", "no-flags-given")
     assert done.returncode != 0 and "is not NAME=FLAGS" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_list_prints_the_built_in_grid_alone_and_charlstm_train_takes_its_flags():
+    import shlex
+    import typer.main
+    from charlstm.cli import app
+    done = sweep("--list")
+    assert done.returncode == 0, done.stderr[-2000:]
+    grid = dict(line.split("=", 1) for line in done.stdout.splitlines())
+    assert {"640-wd3", "640-awd"} <= set(grid)
+    train = typer.main.get_command(app).commands["train"]
+    known = {opt for param in train.params for opt in param.opts}
+    for name, flags in grid.items():
+        assert [f for f in shlex.split(flags) if f.startswith("--") and f not in known] == [], name
+    missing = sweep()
+    assert missing.returncode == 2 and "--text and --out are required" in missing.stderr

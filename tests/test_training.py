@@ -100,6 +100,8 @@ def test_bad_corpus_one_line_error(tmp_path, content, message):
     ("units", 0, "units must be an integer from 1 to 65,536, got 0"),
     ("dropout", 1.0, "dropout must be in [0, 1), e.g. 0.25, got 1.0"),
     ("recurrent_dropout", -0.1, "recurrent_dropout must be in [0, 1), e.g. 0.25, got -0.1"),
+    ("embedding_dropout", 1.0, "embedding_dropout must be in [0, 1), e.g. 0.25, got 1.0"),
+    ("input_dropout", -0.5, "input_dropout must be in [0, 1), e.g. 0.25, got -0.5"),
     ("learning_rate", -1.0, "learning_rate must be a positive number up to 1, e.g. 2e-3, got -1.0"),
     ("learning_rate", float("inf"), "learning_rate must be a positive number up to 1, e.g. 2e-3, got inf"),
     ("learning_rate", 1e300, "learning_rate must be a positive number up to 1, e.g. 2e-3, got 1e+300"),

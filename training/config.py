@@ -26,6 +26,9 @@ class ModelConfig:
     recurrent_dropout: float = 0.25  # on h inside each LSTM, one mask per sequence (Gal & Ghahramani)
     weight_drop: float = 0.0  # DropConnect on each LSTM's recurrent kernel, one mask per batch (AWD-LSTM); off
     # until a run shows it helps (docs/models.md)
+    embedding_dropout: float = 0.0  # whole characters' embedding rows dropped, one mask per batch (AWD-LSTM's
+    # dropoute); off, like the next, until a run shows it helps
+    input_dropout: float = 0.0  # on the first LSTM's input, one mask per sequence (AWD-LSTM's dropouti)
 
     def validate(self) -> None:
         _check(1 <= self.vocab_size <= 1 << 20, "vocab_size", f"vocab_size must be from 1 to 1,048,576, got {self.vocab_size}")
@@ -35,6 +38,8 @@ class ModelConfig:
         _fraction(self, "dropout")
         _fraction(self, "recurrent_dropout")
         _fraction(self, "weight_drop")
+        _fraction(self, "embedding_dropout")
+        _fraction(self, "input_dropout")
 
     def parameters(self) -> int:
         """Number of weights: embedding, each LSTM's kernel, recurrent kernel and bias, and the Dense."""

@@ -49,6 +49,33 @@ def _per_gate(x, mask) -> list:
 
 
 @keras.saving.register_keras_serializable(package="charlstm")
+class Embedding(keras.layers.Embedding):
+    """keras.layers.Embedding with AWD-LSTM's embedding dropout (dropoute) while training: a character's row is
+    zeroed for the whole batch, one mask per batch, and the kept rows are scaled by 1 / (1 - dropout). The table
+    itself is unchanged, so inference (and the exported graph) looks characters up as trained."""
+
+    def __init__(self, input_dim, output_dim, dropout: float = 0.0, **kwargs):
+        super().__init__(input_dim, output_dim, **kwargs)
+        self.dropout = dropout
+        if dropout:
+            self.seed_generator = keras.random.SeedGenerator()
+
+    def get_config(self):
+        return {**super().get_config(), "dropout": self.dropout}
+
+    def compute_output_spec(self, inputs, training=False):
+        return super().compute_output_spec(inputs)
+
+    def call(self, inputs, training=False):
+        out = super().call(inputs)
+        if not (training and self.dropout):
+            return out
+        keep = keras.random.dropout(keras.ops.ones((self.input_dim, 1), dtype=out.dtype), self.dropout,
+                                    seed=self.seed_generator)
+        return out * keras.ops.take(keep, inputs, axis=0)
+
+
+@keras.saving.register_keras_serializable(package="charlstm")
 class LSTM(keras.layers.LSTM):
     """keras.layers.LSTM whose carried state (stateful=True) is a tracked variable, so every backend carries it.
 
@@ -114,10 +141,11 @@ def build_model(mc: ModelConfig, batch_size: int | None = None, stateful: bool =
     Keras then needs a fixed batch size.
     """
     inputs = keras.Input(batch_shape=(batch_size, None), dtype="int32", name="ids")
-    x = keras.layers.Embedding(mc.vocab_size, mc.embedding_dim, name="embedding")(inputs)
+    x = Embedding(mc.vocab_size, mc.embedding_dim, dropout=mc.embedding_dropout, name="embedding")(inputs)
     for i in range(mc.layers):
-        x = LSTM(mc.units, weight_drop=mc.weight_drop, return_sequences=True,
-                 stateful=stateful, recurrent_dropout=mc.recurrent_dropout, name=f"lstm_{i}")(x)
+        x = LSTM(mc.units, weight_drop=mc.weight_drop, return_sequences=True, stateful=stateful,
+                 dropout=mc.input_dropout if i == 0 else 0.0, recurrent_dropout=mc.recurrent_dropout,
+                 name=f"lstm_{i}")(x)
         if mc.dropout > 0:
             x = keras.layers.Dropout(mc.dropout, name=f"dropout_{i}")(x)
     logits = keras.layers.Dense(mc.vocab_size, name="logits")(x)

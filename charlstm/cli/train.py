@@ -41,6 +41,8 @@ def train(
     dropout: Annotated[Optional[float], typer.Option(help="Dropout after each LSTM layer, in [0, 1).")] = None,
     recurrent_dropout: Annotated[Optional[float], typer.Option(help="Dropout on each LSTM's recurrent input h, one mask per sequence, in [0, 1).")] = None,
     weight_drop: Annotated[Optional[float], typer.Option(help="DropConnect on each LSTM's recurrent weights, one mask per batch (AWD-LSTM's weight drop), in [0, 1); the exported graph is unchanged.")] = None,
+    embedding_dropout: Annotated[Optional[float], typer.Option(help="Drop whole characters from the embedding, one mask per batch (AWD-LSTM's dropoute), in [0, 1); the exported graph is unchanged.")] = None,
+    input_dropout: Annotated[Optional[float], typer.Option(help="Dropout on the first LSTM's input (the embedding), one mask per sequence (AWD-LSTM's dropouti), in [0, 1).")] = None,
     learning_rate: Annotated[Optional[float], typer.Option(help="Adam learning rate.")] = None,
     lr_decay: Annotated[Optional[float], typer.Option(help="Multiply the learning rate by this every epoch after --lr-decay-after; 1 = constant.")] = None,
     lr_decay_after: Annotated[Optional[int], typer.Option(help="Epochs at the full learning rate before --lr-decay starts.")] = None,
@@ -78,6 +80,7 @@ def train(
         given = {k: v for k, v in dict(
             epochs=epochs, batch_size=batch_size, seq_length=seq_length, embedding_dim=embedding_dim,
             units=units, layers=layers, dropout=dropout, recurrent_dropout=recurrent_dropout, weight_drop=weight_drop,
+            embedding_dropout=embedding_dropout, input_dropout=input_dropout,
             learning_rate=learning_rate, lr_decay=lr_decay, lr_decay_after=lr_decay_after, clip_norm=clip_norm,
             val_fraction=val_fraction, patience=patience, seed=seed, stateful=stateful,
             sample_every=sample_every).items() if v is not None}
