@@ -149,9 +149,13 @@ def test_sigkill_mid_epoch_then_the_same_command_ends_where_an_uninterrupted_run
     # JAX compiles the training step in every process: its persistent cache lets the restarts reuse it
     env = {"KERAS_BACKEND": backend, "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax-cache"),
            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
-    epochs = ["--epochs", "2", "--save-every", "7", "--weight-drop", "0.2"]  # with recurrent dropout too
+    # Every dropout generator a resume point must carry: recurrent dropout (TINY's), weight drop, embedding dropout
+    # and input dropout
+    epochs = ["--epochs", "2", "--save-every", "7", "--weight-drop", "0.2", "--embedding-dropout", "0.1",
+              "--input-dropout", "0.2"]
     if backend == "tensorflow":  # this process runs TensorFlow: the reference needs no process of its own
-        library_train(corpus_path, tmp_path / "straight", {"epochs": 2, "weight_drop": 0.2}, save_every=7)
+        library_train(corpus_path, tmp_path / "straight", {"epochs": 2, "weight_drop": 0.2, "embedding_dropout": 0.1,
+                                                           "input_dropout": 0.2}, save_every=7)
     else:
         straight = run_cli(*train_args(corpus_path, tmp_path / "straight", *epochs), env=env)
         assert straight.returncode == 0, straight.stderr[-2000:]
